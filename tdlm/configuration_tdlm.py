@@ -1,0 +1,141 @@
+"""TDLM configuration: model shape, special token ids, objective and diffusion defaults.
+
+Shipped as remote code next to the weights: imports only transformers and relative siblings.
+"""
+
+from transformers import PretrainedConfig
+
+from .schedules import NOISE_SCHEDULES
+
+TRAINING_MODES = ("diffusion", "autoregressive")
+GPT2_VOCAB_SIZE = 50257  # GPT-2 BPE; TDLM appends <|mask|> as id 50257
+
+
+class TDLMConfig(PretrainedConfig):
+    r"""Configuration of a TDLM model.
+
+    The defaults give the 7.0M-parameter model of Prabhudesai et al. (2025): hidden 128, 3 layers, 4 heads,
+    SwiGLU 320, GPT-2 vocabulary plus one mask token, tied input/output embeddings.
+
+    Args:
+        vocab_size: number of token ids, including the mask token.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: backbone shape.
+        max_position_embeddings: longest sequence the model accepts (RoPE has no learned table, but
+            samplers and data loaders use this as the block length limit).
+        rope_theta, rms_norm_eps, attention_dropout, hidden_dropout, initializer_range: as in Llama.
+        mask_token_id: id of the absorbing `<|mask|>` state; its logit is always -inf.
+        training_mode: "diffusion" (bidirectional attention, masked-diffusion ELBO) or
+            "autoregressive" (causal attention, next-token loss).
+        noise_schedule: forward-process schedule a_t ("linear", "cosine", "loglinear").
+        single_ratio_per_sequence: one t per sequence (True) or one per token (False).
+        min_mask_ratio, max_mask_ratio: range of the masking ratio 1 - a_t drawn during training.
+        antithetic_sampling: low-discrepancy t across a batch (t_i = (u + i/B) mod 1).
+        time_epsilon: t is never below this, so the ELBO weight -a'_t/(1-a_t) stays finite.
+    """
+
+    model_type = "tdlm"
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
+
+    def __init__(
+        self,
+        vocab_size: int = GPT2_VOCAB_SIZE + 1,
+        hidden_size: int = 128,
+        num_hidden_layers: int = 3,
+        num_attention_heads: int = 4,
+        intermediate_size: int = 320,
+        max_position_embeddings: int = 256,
+        rope_theta: float = 10000.0,
+        rms_norm_eps: float = 1e-6,
+        attention_dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = True,
+        mask_token_id: int | None = GPT2_VOCAB_SIZE,
+        pad_token_id: int | None = GPT2_VOCAB_SIZE - 1,
+        bos_token_id: int | None = GPT2_VOCAB_SIZE - 1,
+        eos_token_id: int | None = GPT2_VOCAB_SIZE - 1,
+        training_mode: str = "diffusion",
+        noise_schedule: str = "linear",
+        single_ratio_per_sequence: bool = True,
+        min_mask_ratio: float = 0.0,
+        max_mask_ratio: float = 1.0,
+        antithetic_sampling: bool = True,
+        time_epsilon: float = 1e-3,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        self.rms_norm_eps = rms_norm_eps
+        self.attention_dropout = attention_dropout
+        self.hidden_dropout = hidden_dropout
+        self.initializer_range = initializer_range
+        self.mask_token_id = mask_token_id
+        self.training_mode = training_mode
+        self.noise_schedule = noise_schedule
+        self.single_ratio_per_sequence = single_ratio_per_sequence
+        self.min_mask_ratio = min_mask_ratio
+        self.max_mask_ratio = max_mask_ratio
+        self.antithetic_sampling = antithetic_sampling
+        self.time_epsilon = time_epsilon
+        # Auto classes of the remote code shipped with every checkpoint; AutoModel gives the model that
+        # matches the checkpoint's objective.
+        main_class = "TDLMForMaskedDiffusion" if training_mode == "diffusion" else "TDLMForCausalLM"
+        kwargs.setdefault("auto_map", {
+            "AutoConfig": "configuration_tdlm.TDLMConfig",
+            "AutoModel": f"modeling_tdlm.{main_class}",
+            "AutoModelForMaskedLM": "modeling_tdlm.TDLMForMaskedDiffusion",
+            "AutoModelForCausalLM": "modeling_tdlm.TDLMForCausalLM",
+        })
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self._validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def is_diffusion(self) -> bool:
+        return self.training_mode == "diffusion"
+
+    def _validate(self) -> None:
+        def fail(field, message):
+            raise ValueError(f"TDLMConfig.{field}: {message}")
+
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "intermediate_size", "max_position_embeddings"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                fail(field, f"must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            fail("num_attention_heads", f"{self.num_attention_heads} does not divide hidden_size {self.hidden_size}")
+        if self.head_dim % 2:
+            fail("hidden_size", f"head dim {self.head_dim} must be even for RoPE")
+        if self.training_mode not in TRAINING_MODES:
+            fail("training_mode", f"unknown mode {self.training_mode!r}; expected one of {TRAINING_MODES}")
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            fail("noise_schedule", f"unknown schedule {self.noise_schedule!r}; expected one of {tuple(NOISE_SCHEDULES)}")
+        for field in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, field, None)
+            if value is not None and not 0 <= value < self.vocab_size:
+                fail(field, f"id {value} is outside the vocabulary [0, {self.vocab_size})")
+        if self.is_diffusion and self.mask_token_id is None:
+            fail("mask_token_id", "a diffusion model needs a mask token")
+        if not 0.0 <= self.min_mask_ratio < self.max_mask_ratio <= 1.0:
+            fail("min_mask_ratio", f"need 0 <= min_mask_ratio < max_mask_ratio <= 1, got "
+                                   f"{self.min_mask_ratio} and {self.max_mask_ratio}")
+        if not 0.0 < self.time_epsilon < 1.0:
+            fail("time_epsilon", f"must lie in (0, 1), got {self.time_epsilon}")
+        for field in ("attention_dropout", "hidden_dropout"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                fail(field, f"must lie in [0, 1), got {getattr(self, field)}")

@@ -1,0 +1,462 @@
+"""TDLM: a Llama-style backbone (RoPE, SwiGLU, RMSNorm, no biases, tied embeddings) with two heads.
+
+- `TDLMForMaskedDiffusion`: bidirectional attention, predicts x_0 at masked positions (never the mask token).
+- `TDLMForCausalLM`: the same backbone with causal attention; the autoregressive baseline, stock `generate()`.
+
+Shipped as remote code next to the weights: imports only torch, transformers and relative siblings.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
+
+from .configuration_tdlm import TDLMConfig
+from .generation_tdlm import DiffusionGenerationConfig, DiffusionGenerationMixin
+
+try:  # transformers >= 5: initialisers that respect already-loaded weights
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover - older 5.x releases
+    init = None
+
+# transformers renamed the cache field of model outputs from `past_key_values` to `cache` during 5.x
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+class TDLMRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden_states):
+        return F.rms_norm(hidden_states, (hidden_states.shape[-1],), self.weight, self.eps)
+
+
+class TDLMRotaryEmbedding(nn.Module):
+    """RoPE cos/sin for given position ids. `inv_freq` is a non-persistent buffer: `_init_weights`
+    recomputes it after `from_pretrained` (which builds the model on the meta device)."""
+
+    def __init__(self, config: TDLMConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("inv_freq", self.compute_inv_freq(config), persistent=False)
+
+    @staticmethod
+    def compute_inv_freq(config: TDLMConfig) -> torch.Tensor:
+        dim = config.head_dim
+        return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+
+    def forward(self, hidden_states, position_ids):
+        freqs = position_ids[..., None].float() * self.inv_freq.to(hidden_states.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(hidden_states.dtype), emb.sin().to(hidden_states.dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, L, D] broadcast over heads
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+class TDLMMLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, config: TDLMConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TDLMAttention(nn.Module):
+    """Multi-head self-attention: sdpa by default, an eager path when attention maps are requested."""
+
+    def __init__(self, config: TDLMConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.is_causal = not config.is_diffusion
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, cache=None, output_attentions=False):
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, self.num_heads, self.head_dim)
+        q = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        dropout = self.config.attention_dropout if self.training else 0.0
+        # attention_mask is None (no padding, no cache offset: sdpa's fused causal/full kernels) or a
+        # boolean [B, 1, Lq, Lk] mask built by TDLMModel.
+        is_causal = self.is_causal and attention_mask is None
+        weights = None
+        if output_attentions or self.config._attn_implementation == "eager":
+            scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5
+            if is_causal:
+                attention_mask = torch.ones(length, k.shape[-2], dtype=torch.bool, device=q.device).tril()
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            weights = F.dropout(scores.softmax(-1, dtype=torch.float32).to(q.dtype), dropout, self.training)
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout,
+                                                 is_causal=is_causal)
+        out = out.transpose(1, 2).reshape(batch, length, -1)
+        return self.o_proj(out), weights
+
+
+class TDLMDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: TDLMConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = TDLMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = TDLMAttention(config, layer_idx)
+        self.post_attention_layernorm = TDLMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = TDLMMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, cache=None, output_attentions=False):
+        attn_out, weights = self.self_attn(self.input_layernorm(hidden_states), position_embeddings,
+                                           attention_mask, cache, output_attentions)
+        hidden_states = hidden_states + self.dropout(attn_out)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
+        return hidden_states, weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained base and backbone
+# ---------------------------------------------------------------------------------------------
+class TDLMPreTrainedModel(PreTrainedModel):
+    config_class = TDLMConfig
+    config: TDLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TDLMDecoderLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, TDLMRotaryEmbedding):
+            inv_freq = module.compute_inv_freq(module.config)
+            if init is not None:
+                init.copy_(module.inv_freq, inv_freq)
+            else:
+                with torch.no_grad():
+                    module.inv_freq.copy_(inv_freq)
+
+
+class TDLMModel(TDLMPreTrainedModel):
+    """The backbone: embeddings, decoder layers, final norm. Attention is causal iff training_mode is AR."""
+
+    def __init__(self, config: TDLMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(TDLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = TDLMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = TDLMRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, length, _ = inputs_embeds.shape
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(f"attention_mask must have shape [batch, seq_len], got {tuple(attention_mask.shape)}")
+        causal = not self.config.is_diffusion
+        if use_cache and cache is None:
+            if not causal:
+                raise ValueError("a KV cache is only meaningful for the causal (autoregressive) model")
+            cache = DynamicCache(config=self.config)
+        past = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is not None and attention_mask.shape[-1] != past + length:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, but the input has "
+                             f"{past} cached + {length} new tokens")
+        if position_ids is None:
+            if attention_mask is not None:
+                # padding-aware positions: the first real token of each row is position 0
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            else:
+                position_ids = torch.arange(past, past + length, device=inputs_embeds.device).unsqueeze(0)
+        mask = self._attention_mask(attention_mask, batch, length, past, causal, inputs_embeds.device)
+
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        hidden_states = inputs_embeds
+        all_hidden, all_attn = [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+            hidden_states, weights = layer(hidden_states, position_embeddings, mask, cache, bool(output_attentions))
+            if output_attentions:
+                all_attn.append(weights)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden.append(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attn) if output_attentions else None,
+            **{_CACHE_FIELD: cache},
+        )
+
+    @staticmethod
+    def _attention_mask(attention_mask, batch, length, past, causal, device):
+        """Boolean [B, 1, Lq, Lk] mask (True = attend), or None when sdpa's fused path applies."""
+        if attention_mask is None and (past == 0 or not causal):
+            return None
+        total = past + length
+        if attention_mask is None:
+            keys = torch.ones(batch, total, dtype=torch.bool, device=device)
+        else:
+            keys = attention_mask.bool()
+        mask = keys[:, None, None, :].expand(batch, 1, length, total)
+        if causal:
+            q_pos = torch.arange(past, total, device=device)[:, None]
+            k_pos = torch.arange(total, device=device)[None, :]
+            mask = mask & (k_pos <= q_pos)
+            # a left-padding query sees no real key; let it see itself so softmax stays finite
+            mask = mask | (k_pos == q_pos)
+        return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Heads and loss
+# ---------------------------------------------------------------------------------------------
+def supervised_cross_entropy(
+    hidden_states: torch.Tensor,
+    head_weight: torch.Tensor,
+    labels: torch.LongTensor,
+    mask_token_id: int | None,
+    chunk_size: int = 8192,
+):
+    """Cross-entropy and argmax at supervised positions only (labels != -100).
+
+    The head is applied only to those rows, in chunks, and every chunk's logits are recomputed in the
+    backward pass instead of being stored: the [N, vocab] fp32 logits never exist at once (they are
+    ~89% of this model's FLOPs and most of its memory traffic). Returns (token_losses [N] float32,
+    token_predictions [N], positions bool mask), with rows in row-major order of the positions.
+    """
+    positions = labels != -100
+    rows = hidden_states[positions]
+    targets = labels[positions]
+    losses, predictions = [], []
+    for start in range(0, rows.shape[0], chunk_size):
+        chunk, target = rows[start:start + chunk_size], targets[start:start + chunk_size]
+        if torch.is_grad_enabled() and chunk.requires_grad:
+            loss, pred = torch.utils.checkpoint.checkpoint(
+                _head_cross_entropy, chunk, head_weight, target, mask_token_id, use_reentrant=False)
+        else:
+            loss, pred = _head_cross_entropy(chunk, head_weight, target, mask_token_id)
+        losses.append(loss)
+        predictions.append(pred)
+    if not losses:
+        empty = rows.new_zeros(0, dtype=torch.float32)
+        return empty, targets.clone(), positions
+    return torch.cat(losses), torch.cat(predictions), positions
+
+
+def _head_cross_entropy(rows, head_weight, targets, mask_token_id):
+    logits = (rows @ head_weight.t()).float()
+    if mask_token_id is not None:
+        logits[:, mask_token_id] = float("-inf")
+    return F.cross_entropy(logits, targets, reduction="none"), logits.detach().argmax(-1)
+
+
+def reduce_loss(token_losses, loss_weights, num_items_in_batch):
+    """sum_i w_i * CE_i / normaliser; the normaliser defaults to the number of supervised tokens."""
+    weighted = token_losses if loss_weights is None else token_losses * loss_weights
+    denominator = num_items_in_batch if num_items_in_batch is not None else max(token_losses.numel(), 1)
+    if torch.is_tensor(denominator):
+        denominator = denominator.to(weighted.device)
+    return weighted.sum() / denominator
+
+
+@dataclass
+class TDLMOutput(ModelOutput):
+    """Output of both TDLM heads.
+
+    loss: weighted sum of cross-entropies / normaliser (present when `labels` are given).
+    logits: full [B, L, V] logits; only computed when no labels are given or `return_logits=True`.
+    token_losses / token_predictions: unweighted CE and argmax at the supervised positions (row-major),
+        for metrics such as accuracy by corruption level.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    token_losses: torch.Tensor | None = None
+    token_predictions: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class _TDLMHeadModel(TDLMPreTrainedModel):
+    """Backbone + tied LM head shared by the diffusion and causal models."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    expected_training_mode = None
+
+    def __init__(self, config: TDLMConfig):
+        if config.training_mode != self.expected_training_mode:
+            raise ValueError(f"{type(self).__name__} needs config.training_mode={self.expected_training_mode!r}, "
+                             f"got {config.training_mode!r}")
+        super().__init__(config)
+        self.model = TDLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def _logits(self, hidden_states):
+        logits = self.lm_head(hidden_states)
+        if self.config.mask_token_id is not None:
+            logits[..., self.config.mask_token_id] = float("-inf")
+        return logits
+
+    def _supervised(self, hidden_states, labels, loss_weights, num_items_in_batch):
+        token_losses, predictions, positions = supervised_cross_entropy(
+            hidden_states, self.lm_head.weight, labels, self.config.mask_token_id)
+        weights = loss_weights[positions] if loss_weights is not None else None
+        return reduce_loss(token_losses, weights, num_items_in_batch), token_losses, predictions
+
+
+class TDLMForMaskedDiffusion(_TDLMHeadModel, DiffusionGenerationMixin):
+    """Bidirectional masked-diffusion LM. Given x_t, predicts x_0 at every position; the mask token's
+    logit is -inf. With `labels` (x_0 at masked positions, -100 elsewhere) and `loss_weights` (the ELBO
+    weight per position) it returns the NELBO term without computing logits for unsupervised positions."""
+
+    expected_training_mode = "diffusion"
+
+    def __init__(self, config: TDLMConfig):
+        super().__init__(config)
+        # sampling defaults saved as generation_config.json next to the weights
+        self.generation_config = DiffusionGenerationConfig(
+            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+            max_length=config.max_position_embeddings)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        loss_weights: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        return_logits: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TDLMOutput:
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                                output_hidden_states=output_hidden_states)
+        hidden = outputs.last_hidden_state
+        loss = token_losses = predictions = logits = None
+        if labels is not None:
+            loss, token_losses, predictions = self._supervised(hidden, labels, loss_weights, num_items_in_batch)
+        if labels is None or return_logits:
+            logits = self._logits(hidden)
+        return TDLMOutput(loss=loss, logits=logits, token_losses=token_losses, token_predictions=predictions,
+                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+
+@dataclass
+class TDLMCausalLMOutput(CausalLMOutputWithPast):
+    token_losses: torch.Tensor | None = None
+    token_predictions: torch.Tensor | None = None
+
+
+class TDLMForCausalLM(_TDLMHeadModel, GenerationMixin):
+    """Causal LM on the same backbone: next-token loss, KV cache, stock `generate()`."""
+
+    expected_training_mode = "autoregressive"
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        loss_weights: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        cache: Cache | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        return_logits: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TDLMCausalLMOutput:
+        """`labels` are the input ids themselves (-100 to ignore); they are shifted here, as in HF causal LMs."""
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                    inputs_embeds=inputs_embeds, cache=cache if cache is not None else past_key_values,
+                                    use_cache=use_cache, output_attentions=output_attentions,
+                                    output_hidden_states=output_hidden_states)
+        hidden = outputs.last_hidden_state
+        loss = token_losses = predictions = logits = None
+        if labels is not None:
+            shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
+            weights = F.pad(loss_weights[:, 1:], (0, 1)) if loss_weights is not None else None
+            loss, token_losses, predictions = self._supervised(hidden, shifted, weights, num_items_in_batch)
+        if labels is None or return_logits:
+            logits = self._logits(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        return TDLMCausalLMOutput(loss=loss, logits=logits, token_losses=token_losses, token_predictions=predictions,
+                                  hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+                                  **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)})
+
+
+# save_pretrained copies these files (and their relative imports) next to the weights
+TDLMConfig.register_for_auto_class()
+TDLMForMaskedDiffusion.register_for_auto_class("AutoModelForMaskedLM")
+TDLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = ["TDLMPreTrainedModel", "TDLMModel", "TDLMForMaskedDiffusion", "TDLMForCausalLM", "TDLMOutput"]

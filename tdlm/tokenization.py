@@ -1,0 +1,63 @@
+"""Tokenizers for TDLM: GPT-2 BPE plus an absorbing `<|mask|>` token, or a small BPE trained on a corpus."""
+
+from pathlib import Path
+
+MASK_TOKEN = "<|mask|>"
+EOS_TOKEN = "<|endoftext|>"
+
+
+def load_tokenizer(name_or_path: str = "gpt2", **kwargs):
+    """A GPT-2 style tokenizer (Hub name such as "gpt2" or a local folder) with `<|mask|>` added.
+
+    The mask token is appended after the base vocabulary (id 50257 for GPT-2); pad is set to EOS because
+    padding is carried by `attention_mask`, never by the token id.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(name_or_path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"tokenizer path {name_or_path} is a file; pass the folder that holds it")
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if tokenizer.mask_token is None:
+        tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def train_bpe_tokenizer(files, vocab_size: int = 1024, min_frequency: int = 2):
+    """Train a byte-level BPE (the `tokenizers` library) on text files, for CPU-sized models.
+
+    Special tokens: `<|endoftext|>` (id 0, also pad/bos/eos) and `<|mask|>` (id 1).
+    """
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    files = [str(f) for f in ([files] if isinstance(files, (str, Path)) else files)]
+    for name in files:
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"tokenizer training file not found: {name}")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train(files, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS_TOKEN, MASK_TOKEN],
+              show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
+                                   pad_token=EOS_TOKEN, unk_token=EOS_TOKEN, mask_token=MASK_TOKEN)
+
+
+def config_kwargs_for_tokenizer(tokenizer) -> dict:
+    """TDLMConfig fields that must agree with a tokenizer: vocabulary size and special ids."""
+    return {
+        "vocab_size": len(tokenizer),
+        "mask_token_id": tokenizer.mask_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def check_tokenizer_matches(tokenizer, config) -> None:
+    """Fail at start, not mid-run, when a tokenizer cannot drive a model."""
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}")
+    if config.training_mode == "diffusion" and tokenizer.mask_token_id != config.mask_token_id:
+        raise ValueError(f"tokenizer mask id {tokenizer.mask_token_id} != model mask_token_id {config.mask_token_id}")
