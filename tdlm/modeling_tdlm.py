@@ -263,53 +263,91 @@ class TDLMModel(TDLMPreTrainedModel):
 # ---------------------------------------------------------------------------------------------
 # Heads and loss
 # ---------------------------------------------------------------------------------------------
-def supervised_cross_entropy(
+HEAD_CHUNK_SIZE = 8192  # rows of the LM head computed at once: bounds the [rows, vocab] fp32 buffer
+
+
+def supervised_loss(
     hidden_states: torch.Tensor,
     head_weight: torch.Tensor,
     labels: torch.LongTensor,
-    mask_token_id: int | None,
-    chunk_size: int = 8192,
+    loss_weights: torch.Tensor | None = None,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    mask_token_id: int | None = None,
+    chunk_size: int = HEAD_CHUNK_SIZE,
 ):
-    """Cross-entropy and argmax at supervised positions only (labels != -100).
+    """loss = sum_i w_i * CE_i / normaliser over supervised positions (labels != -100) only.
 
-    The head is applied only to those rows, in chunks, and every chunk's logits are recomputed in the
-    backward pass instead of being stored: the [N, vocab] fp32 logits never exist at once (they are
-    ~89% of this model's FLOPs and most of its memory traffic). Returns (token_losses [N] float32,
-    token_predictions [N], positions bool mask), with rows in row-major order of the positions.
+    The normaliser is `num_items_in_batch` (real tokens, for the NELBO) or the number of supervised
+    positions. The LM head runs only on supervised rows, a chunk at a time; with gradients enabled the
+    chunk's gradient is computed right away (fused linear + cross-entropy), so the [N, vocab] fp32 logits
+    never exist at once: they are ~89% of this model's FLOPs and most of its memory traffic.
+    Returns (loss, token_losses [N] detached unweighted CE, token_predictions [N] argmax), rows in
+    row-major order of the supervised positions.
     """
     positions = labels != -100
     rows = hidden_states[positions]
     targets = labels[positions]
-    losses, predictions = [], []
+    coefficients = loss_weights[positions].float() if loss_weights is not None else rows.new_ones(rows.shape[0], dtype=torch.float32)
+    denominator = num_items_in_batch if num_items_in_batch is not None else max(rows.shape[0], 1)
+    if torch.is_tensor(denominator):
+        denominator = denominator.to(rows.device)
+    coefficients = coefficients / denominator
+    if torch.is_grad_enabled() and (rows.requires_grad or head_weight.requires_grad):
+        return _FusedLinearCrossEntropy.apply(rows, head_weight, targets, coefficients, mask_token_id, chunk_size)
+    token_losses, predictions = [], []
     for start in range(0, rows.shape[0], chunk_size):
-        chunk, target = rows[start:start + chunk_size], targets[start:start + chunk_size]
-        if torch.is_grad_enabled() and chunk.requires_grad:
-            loss, pred = torch.utils.checkpoint.checkpoint(
-                _head_cross_entropy, chunk, head_weight, target, mask_token_id, use_reentrant=False)
-        else:
-            loss, pred = _head_cross_entropy(chunk, head_weight, target, mask_token_id)
-        losses.append(loss)
-        predictions.append(pred)
-    if not losses:
-        empty = rows.new_zeros(0, dtype=torch.float32)
-        return empty, targets.clone(), positions
-    return torch.cat(losses), torch.cat(predictions), positions
+        logits = _chunk_logits(rows[start:start + chunk_size], head_weight, mask_token_id)
+        token_losses.append(F.cross_entropy(logits, targets[start:start + chunk_size], reduction="none"))
+        predictions.append(logits.argmax(-1))
+    token_losses = torch.cat(token_losses) if token_losses else rows.new_zeros(0, dtype=torch.float32)
+    predictions = torch.cat(predictions) if predictions else targets.clone()
+    return (token_losses * coefficients).sum(), token_losses, predictions
 
 
-def _head_cross_entropy(rows, head_weight, targets, mask_token_id):
-    logits = (rows @ head_weight.t()).float()
+def _chunk_logits(rows, head_weight, mask_token_id):
+    logits = (rows @ head_weight.to(rows.dtype).t()).float()
     if mask_token_id is not None:
         logits[:, mask_token_id] = float("-inf")
-    return F.cross_entropy(logits, targets, reduction="none"), logits.detach().argmax(-1)
+    return logits
 
 
-def reduce_loss(token_losses, loss_weights, num_items_in_batch):
-    """sum_i w_i * CE_i / normaliser; the normaliser defaults to the number of supervised tokens."""
-    weighted = token_losses if loss_weights is None else token_losses * loss_weights
-    denominator = num_items_in_batch if num_items_in_batch is not None else max(token_losses.numel(), 1)
-    if torch.is_tensor(denominator):
-        denominator = denominator.to(weighted.device)
-    return weighted.sum() / denominator
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i c_i * CE(rows_i @ W^T, target_i), computing d/d rows and d/d W chunk by chunk in the forward pass
+    (as Liger-Kernel's fused linear cross-entropy does); backward only scales them by the output gradient."""
+
+    @staticmethod
+    def forward(ctx, rows, head_weight, targets, coefficients, mask_token_id, chunk_size):
+        compute_dtype = torch.get_autocast_dtype(rows.device.type) if torch.is_autocast_enabled(rows.device.type) \
+            else rows.dtype
+        weight = head_weight.to(compute_dtype)
+        grad_rows = torch.empty_like(rows)
+        grad_weight = torch.zeros_like(head_weight, dtype=torch.float32)
+        token_losses = rows.new_empty(rows.shape[0], dtype=torch.float32)
+        predictions = targets.new_empty(rows.shape[0])
+        for start in range(0, rows.shape[0], chunk_size):
+            stop = start + chunk_size
+            chunk = rows[start:stop].to(compute_dtype)
+            logits = _chunk_logits(chunk, weight, mask_token_id)
+            log_z = torch.logsumexp(logits, dim=-1)
+            target = targets[start:stop]
+            token_losses[start:stop] = log_z - logits.gather(-1, target[:, None]).squeeze(-1)
+            predictions[start:stop] = logits.argmax(-1)
+            # d CE / d logits = softmax - onehot, scaled by this row's coefficient (in place: logits -> grad)
+            grad_logits = logits.sub_(log_z[:, None]).exp_()
+            grad_logits.scatter_add_(-1, target[:, None], -torch.ones_like(log_z)[:, None])
+            grad_logits = (grad_logits * coefficients[start:stop, None]).to(compute_dtype)
+            grad_rows[start:stop] = (grad_logits @ weight).to(rows.dtype)
+            grad_weight += (grad_logits.t() @ chunk).float()
+        ctx.save_for_backward(grad_rows, grad_weight.to(head_weight.dtype))
+        ctx.mark_non_differentiable(token_losses, predictions)
+        loss = (token_losses * coefficients).sum()
+        return loss, token_losses, predictions
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_token_losses, _grad_predictions):
+        grad_rows, grad_weight = ctx.saved_tensors
+        return grad_rows * grad_loss.to(grad_rows.dtype), grad_weight * grad_loss.to(grad_weight.dtype), \
+            None, None, None, None
 
 
 @dataclass
@@ -358,10 +396,8 @@ class _TDLMHeadModel(TDLMPreTrainedModel):
         return logits
 
     def _supervised(self, hidden_states, labels, loss_weights, num_items_in_batch):
-        token_losses, predictions, positions = supervised_cross_entropy(
-            hidden_states, self.lm_head.weight, labels, self.config.mask_token_id)
-        weights = loss_weights[positions] if loss_weights is not None else None
-        return reduce_loss(token_losses, weights, num_items_in_batch), token_losses, predictions
+        return supervised_loss(hidden_states, self.lm_head.weight, labels, loss_weights, num_items_in_batch,
+                               self.config.mask_token_id)
 
 
 class TDLMForMaskedDiffusion(_TDLMHeadModel, DiffusionGenerationMixin):
