@@ -1,0 +1,302 @@
+"""Share a trained TDLM on the Hugging Face Hub: pick the checkpoint, write a model card, upload.
+
+Data flow: an experiment folder (or a checkpoint folder) --`resolve_checkpoint`--> the model folder to
+publish --`prepare_hub_folder`--> the upload set (weights, config with `auto_map`, remote code, tokenizer,
+`generation_config.json`, README.md model card) --`push_to_hub`--> one commit on the Hub.
+
+The token comes from the usual huggingface_hub places (`token=`, `HF_TOKEN`, `huggingface-cli login`);
+this module never prints or logs it. `huggingface_hub` is imported lazily.
+"""
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Files of a checkpoint folder that make up the published model; optimizer/scheduler/RNG state,
+# trainer_state.json and training_args.bin stay behind.
+MODEL_FILE_PATTERNS = (
+    "config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
+    "model.safetensors.index.json", "*.py", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+    "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+)
+REMOTE_CODE_FILES = ("configuration_tdlm.py", "modeling_tdlm.py", "generation_tdlm.py", "schedules.py")
+REQUIRED_FILES = ("config.json", "tokenizer_config.json") + REMOTE_CODE_FILES
+DEFAULT_LICENSE = "apache-2.0"
+# keys of the training config never written to a model card (credentials)
+_SECRET_KEY = re.compile(r"token|secret|password|api_key|apikey", re.IGNORECASE)
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Which folder to publish
+# ---------------------------------------------------------------------------------------------
+def is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
+def latest_checkpoint(experiment_dir) -> Path | None:
+    """The `checkpoints/checkpoint-N` folder with the largest N that holds a model, or None."""
+    folder = Path(experiment_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint-*")
+             if (m := _CHECKPOINT_NAME.match(p.name)) and is_model_folder(p)]
+    return max(found)[1] if found else None
+
+
+def resolve_checkpoint(path) -> Path:
+    """A model folder to publish: `path` itself when it holds a model, else the experiment's best
+    checkpoint (results/summary.json "best_checkpoint"), else its latest `checkpoints/checkpoint-N`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such experiment or checkpoint folder: {path}")
+    if is_model_folder(path):
+        return path
+    summary_file = path / "results" / "summary.json"
+    best = load_json(summary_file).get("best_checkpoint") if summary_file.is_file() else None
+    if best:
+        candidates = [Path(best), path / best, path / "checkpoints" / Path(best).name]
+        for candidate in candidates:
+            if candidate.is_dir() and is_model_folder(candidate):
+                return candidate
+        raise FileNotFoundError(f"{summary_file} names best_checkpoint={best!r}, but no model folder exists at "
+                                f"any of {[str(c) for c in candidates]}")
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"{path} is neither a model folder (no config.json) nor an experiment with "
+                                f"results/summary.json best_checkpoint or checkpoints/checkpoint-N")
+    return latest
+
+
+def experiment_dir_of(checkpoint: Path) -> Path | None:
+    """experiments/<id> for experiments/<id>/checkpoints/checkpoint-N, else None."""
+    checkpoint = Path(checkpoint).resolve()
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent
+    return None
+
+
+def load_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+# ---------------------------------------------------------------------------------------------
+# Model card
+# ---------------------------------------------------------------------------------------------
+def load_training_config(experiment_dir: Path | None) -> dict | None:
+    """The experiment's resolved configs/config.yaml, with credential-like keys removed."""
+    if experiment_dir is None or not (experiment_dir / "configs" / "config.yaml").is_file():
+        return None
+    import yaml
+
+    config = yaml.safe_load((experiment_dir / "configs" / "config.yaml").read_text()) or {}
+    return _without_secrets(config)
+
+
+def _without_secrets(value):
+    if isinstance(value, dict):
+        return {k: _without_secrets(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value
+
+
+def load_results(experiment_dir: Path | None) -> dict[str, dict]:
+    """results/*.json of the experiment, summary.json first: {file stem: contents}."""
+    if experiment_dir is None or not (experiment_dir / "results").is_dir():
+        return {}
+    files = sorted((experiment_dir / "results").glob("*.json"), key=lambda p: (p.name != "summary.json", p.name))
+    return {f.stem: load_json(f) for f in files}
+
+
+def datasets_of(training_config: dict | None) -> list[str]:
+    """Hub dataset ids named in the config's `data` section (local files map to nothing)."""
+    data = (training_config or {}).get("data") or {}
+    names = []
+    for key in ("dataset_name", "dataset", "hub_dataset", "name"):
+        value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, str) and value and not Path(value).exists():
+            names.append(value)
+    if not names and "wikitext" in json.dumps(data).lower():
+        names.append("Salesforce/wikitext")
+    return list(dict.fromkeys(names))
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+    return flat
+
+
+def _results_markdown(results: dict[str, dict]) -> str:
+    if not results:
+        return "No evaluation results were recorded with this checkpoint."
+    sections = []
+    for name, values in results.items():
+        rows = [f"| {k} | {_format_value(v)} |" for k, v in _flatten(values).items()
+                if not str(k).endswith("checkpoint")]
+        sections.append(f"**{name}.json**\n\n| metric | value |\n|---|---|\n" + "\n".join(rows))
+    return "\n\n".join(sections)
+
+
+def _format_value(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value
+
+
+def usage_snippet(repo_id: str, training_mode: str) -> str:
+    """Copy-paste Python for loading and sampling the published model."""
+    if training_mode == "diffusion":
+        return f'''```python
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModelForMaskedLM.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+
+# continue a prompt: 32 masked positions are filled in by iterative unmasking
+prompt = tokenizer("The history of the city", return_tensors="pt")
+out = model.diffusion_generate(**prompt, max_new_tokens=32, num_steps=32)
+print(tokenizer.decode(out[0], skip_special_tokens=True))
+
+# unconditional samples; sampling options default to generation_config.json
+out = model.diffusion_generate(max_new_tokens=64, num_return_sequences=2, temperature=1.0, top_p=0.9,
+                               generator=torch.Generator().manual_seed(0))
+print(tokenizer.batch_decode(out, skip_special_tokens=True))
+```
+
+Options of `diffusion_generate`: `num_steps`, `step_schedule` ("cosine", "linear"), `remasking`
+("low_confidence", "margin", "entropy", "random"), `temperature`, `top_k`, `top_p`, `block_length`,
+`confidence_threshold`, `stop_at_eos`. Infilling: put `tokenizer.mask_token_id` wherever text is wanted.'''
+    return f'''```python
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+prompt = tokenizer("The history of the city", return_tensors="pt")
+out = model.generate(**prompt, max_new_tokens=32, do_sample=True, top_p=0.9)
+print(tokenizer.decode(out[0], skip_special_tokens=True))
+
+# or through a pipeline
+generator = pipeline("text-generation", model="{repo_id}", trust_remote_code=True)
+print(generator("The history of the city", max_new_tokens=32)[0]["generated_text"])
+```'''
+
+
+def model_card(checkpoint, repo_id: str | None = None, license: str = DEFAULT_LICENSE) -> str:
+    """README.md for a checkpoint folder: YAML metadata, model description, usage, training config
+    and the experiment's evaluation results (when it lives inside an experiment folder)."""
+    from huggingface_hub import ModelCardData
+
+    checkpoint = Path(checkpoint)
+    config = load_json(checkpoint / "config.json")
+    mode = config.get("training_mode", "diffusion")
+    experiment_dir = experiment_dir_of(checkpoint)
+    training_config = load_training_config(experiment_dir)
+    results = load_results(experiment_dir)
+    repo_id = repo_id or checkpoint.resolve().name
+    datasets = datasets_of(training_config)
+    metadata = ModelCardData(
+        library_name="transformers", license=license, pipeline_tag="text-generation",
+        tags=["tdlm", mode, "masked-diffusion", "text-generation"], datasets=datasets or None,
+    )
+    num_parameters = results.get("summary", {}).get("num_parameters")
+    objective = ("a masked (absorbing-state) discrete diffusion language model: bidirectional attention, "
+                 "trained on the weighted masked-token ELBO, sampled by iterative unmasking"
+                 if mode == "diffusion" else
+                 "the autoregressive baseline of TDLM: the same backbone with causal attention, trained on "
+                 "next-token prediction, sampled with the standard `generate()`")
+    shape = ", ".join(f"{key} {config[key]}" for key in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                         "num_attention_heads", "intermediate_size",
+                                                         "max_position_embeddings") if key in config)
+    import yaml
+
+    config_block = (f"```yaml\n{yaml.safe_dump(training_config, sort_keys=False).rstrip()}\n```"
+                    if training_config else "The training configuration was not saved with this checkpoint.")
+    lines = [
+        "---", metadata.to_yaml(), "---", "",
+        f"# {repo_id.split('/')[-1]}", "",
+        f"A TDLM (tiny diffusion language model) checkpoint, {objective}.",
+        "The architecture is Llama-style (RoPE, SwiGLU, RMSNorm, tied embeddings) and ships as remote code: "
+        "load it with `trust_remote_code=True`; no extra package is needed.", "",
+        f"- training mode: `{mode}`",
+        f"- shape: {shape}",
+    ]
+    if num_parameters:
+        lines.append(f"- parameters: {num_parameters:,}")
+    if mode == "diffusion":
+        lines.append(f"- noise schedule: `{config.get('noise_schedule')}`, mask token id {config.get('mask_token_id')}")
+    if datasets:
+        lines.append(f"- training data: {', '.join(datasets)}")
+    lines += ["", "## Usage", "", usage_snippet(repo_id, mode), "",
+              "## Evaluation results", "", _results_markdown(results), "",
+              "## Training configuration", "", config_block, ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Upload set and push
+# ---------------------------------------------------------------------------------------------
+def model_files(checkpoint: Path) -> list[Path]:
+    """The files of a checkpoint folder that are published; fails when the folder is not self-sufficient."""
+    if (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").is_file():
+        raise ValueError(f"{checkpoint} holds a LoRA adapter, not a full model; merge it first "
+                         f"(scripts/merge_lora.py {checkpoint} OUTPUT_DIR) and publish the merged folder")
+    missing = [name for name in REQUIRED_FILES if not (checkpoint / name).is_file()]
+    if not any(checkpoint.glob("model*.safetensors")):
+        missing.append("model.safetensors")
+    if missing:
+        raise FileNotFoundError(f"{checkpoint} cannot be published as a self-sufficient model: missing {missing}")
+    return sorted({p for pattern in MODEL_FILE_PATTERNS for p in checkpoint.glob(pattern) if p.is_file()})
+
+
+def prepare_hub_folder(path, output_dir, repo_id: str | None = None, license: str = DEFAULT_LICENSE) -> Path:
+    """Write the exact upload set for `path` (experiment or checkpoint) into `output_dir`."""
+    checkpoint = resolve_checkpoint(path)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for file in model_files(checkpoint):
+        shutil.copy2(file, output_dir / file.name)
+    (output_dir / "README.md").write_text(model_card(checkpoint, repo_id=repo_id, license=license))
+    return output_dir
+
+
+def push_to_hub(
+    path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload TDLM model",
+    license: str = DEFAULT_LICENSE,
+):
+    """Publish an experiment's best checkpoint (or a checkpoint folder) to `repo_id` in one commit.
+
+    Creates the repository (and the `revision` branch) when missing. `token=None` uses the token
+    huggingface_hub finds itself (HF_TOKEN, the login cache). Returns the CommitInfo.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    checkpoint = resolve_checkpoint(path)
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="tdlm-hub-") as staging:
+        folder = prepare_hub_folder(checkpoint, staging, repo_id=repo_id, license=license)
+        operations = [CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(f))
+                      for f in sorted(folder.iterdir())]
+        logger.info("publishing %s to %s (%d files)", checkpoint, repo_id, len(operations))
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)

@@ -1,0 +1,211 @@
+"""Publishing: checkpoint resolution, the model card, and an offline push whose upload set loads with
+trust_remote_code=True in a process without tdlm and samples the same tokens as the original model."""
+
+import json
+import logging
+import runpy
+import sys
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi
+
+from publish_helpers import REPO_ROOT, make_experiment, run_without_tdlm, save_checkpoint
+from tdlm import hub
+
+FAKE_TOKEN = "hf_FAKEtoken0123456789abcdefSECRET"
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """Patch HfApi's network calls: every committed file lands in hub/<repo_id>/<revision>/."""
+    calls = {"create_repo": [], "create_branch": [], "create_commit": [], "tokens": []}
+    hub_root = tmp_path / "hub"
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"].append((repo_id, kwargs))
+        calls["tokens"].append(self.token)
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_branch(self, repo_id, *, branch, **kwargs):
+        calls["create_branch"].append((repo_id, branch))
+
+    def create_commit(self, repo_id, operations, *, commit_message, revision=None, **kwargs):
+        calls["create_commit"].append((repo_id, commit_message, revision))
+        calls["tokens"].append(self.token)
+        target = hub_root / repo_id / (revision or "main")
+        for operation in operations:
+            assert isinstance(operation, CommitOperationAdd), operation
+            destination = target / operation.path_in_repo
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with operation.as_file() as source:
+                destination.write_bytes(source.read())
+        return {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"}
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_branch", create_branch)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    calls["root"] = hub_root
+    return calls
+
+
+def read_card_metadata(readme):
+    text = readme.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1]), text
+
+
+# ---------------------------------------------------------------------------------------------
+# Which checkpoint is published
+# ---------------------------------------------------------------------------------------------
+def test_resolve_checkpoint_prefers_best_then_latest(tmp_path):
+    experiment = make_experiment(tmp_path, steps=(9, 10))
+    assert hub.resolve_checkpoint(experiment) == experiment / "checkpoints" / "checkpoint-9"  # summary's best
+    checkpoint = experiment / "checkpoints" / "checkpoint-9"
+    assert hub.resolve_checkpoint(checkpoint) == checkpoint
+    (experiment / "results" / "summary.json").write_text(json.dumps({"best_eval_loss": 1.0}))
+    assert hub.resolve_checkpoint(experiment).name == "checkpoint-10"  # numeric, not lexicographic order
+    (experiment / "results" / "summary.json").write_text(json.dumps({"best_checkpoint": "checkpoints/checkpoint-7"}))
+    with pytest.raises(FileNotFoundError, match="checkpoint-7"):
+        hub.resolve_checkpoint(experiment)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        hub.resolve_checkpoint(tmp_path / "empty")
+
+
+def test_incomplete_checkpoint_is_refused_naming_the_missing_file(tmp_path):
+    checkpoint = save_checkpoint(tmp_path / "ckpt")
+    (checkpoint / "modeling_tdlm.py").unlink()
+    with pytest.raises(FileNotFoundError, match="modeling_tdlm.py"):
+        hub.prepare_hub_folder(checkpoint, tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model card
+# ---------------------------------------------------------------------------------------------
+def test_model_card_has_metadata_results_config_and_usage_without_secrets(tmp_path):
+    experiment = make_experiment(tmp_path, mode="diffusion")
+    folder = hub.prepare_hub_folder(experiment, tmp_path / "upload", repo_id="someone/tdlm-tiny", license="mit")
+    metadata, text = read_card_metadata(folder / "README.md")
+    assert metadata["library_name"] == "transformers"
+    assert metadata["license"] == "mit"
+    assert metadata["tags"] == ["tdlm", "diffusion", "masked-diffusion", "text-generation"]
+    assert metadata["datasets"] == ["Salesforce/wikitext"]
+    assert "| best_eval_loss | 4.321 |" in text and "| acc | 0.2567 |" in text  # summary.json, hellaswag.json
+    assert "learning_rate: 0.0003" in text
+    assert 'AutoModelForMaskedLM.from_pretrained("someone/tdlm-tiny", trust_remote_code=True)' in text
+    assert "diffusion_generate(" in text
+    assert "secret_in_config" not in text and "hub_token" not in text and "api_key" not in text
+
+    ar_card = hub.model_card(make_experiment(tmp_path / "ar", mode="autoregressive") / "checkpoints" / "checkpoint-10",
+                             repo_id="someone/tdlm-ar")
+    assert "- autoregressive" in ar_card
+    assert 'AutoModelForCausalLM.from_pretrained("someone/tdlm-ar", trust_remote_code=True)' in ar_card
+    assert 'pipeline("text-generation"' in ar_card
+
+
+# ---------------------------------------------------------------------------------------------
+# Push: upload set, reload without tdlm, sampling
+# ---------------------------------------------------------------------------------------------
+EXPECTED_FILES = {"model.safetensors", "config.json", "generation_config.json", "configuration_tdlm.py",
+                  "modeling_tdlm.py", "generation_tdlm.py", "schedules.py", "tokenizer.json",
+                  "tokenizer_config.json", "README.md"}
+
+
+def test_push_diffusion_experiment_uploads_a_loadable_model(tmp_path, fake_hub):
+    experiment = make_experiment(tmp_path, mode="diffusion")
+    checkpoint = experiment / "checkpoints" / "checkpoint-10"
+    for leftover in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"):
+        (checkpoint / leftover).write_bytes(b"trainer state")
+    hub.push_to_hub(experiment, "someone/tdlm-diffusion", commit_message="first upload")
+
+    assert fake_hub["create_repo"] == [("someone/tdlm-diffusion", {"private": False, "exist_ok": True})]
+    assert fake_hub["create_commit"] == [("someone/tdlm-diffusion", "first upload", None)]
+    uploaded = fake_hub["root"] / "someone" / "tdlm-diffusion" / "main"
+    assert {p.name for p in uploaded.iterdir()} == EXPECTED_FILES
+    config = json.loads((uploaded / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForMaskedLM"] == "modeling_tdlm.TDLMForMaskedDiffusion"
+    generation = json.loads((uploaded / "generation_config.json").read_text())
+    assert (generation["num_steps"], generation["step_schedule"], generation["remasking"]) == (
+        64, "cosine", "low_confidence")
+    assert read_card_metadata(uploaded / "README.md")[0]["tags"][1] == "diffusion"
+
+    # the original model's greedy sample, to compare with the reloaded one
+    import tdlm
+    from transformers import AutoTokenizer
+
+    original = tdlm.TDLMForMaskedDiffusion.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    prompt = tokenizer("The history of", return_tensors="pt")
+    expected = original.diffusion_generate(**prompt, max_new_tokens=12, num_steps=6)
+
+    out = run_without_tdlm(f"""
+        import json, torch
+        from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+        folder = {str(uploaded)!r}
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+        model = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__ == "TDLMForMaskedDiffusion"
+        prompt = tokenizer("The history of", return_tensors="pt")
+        ids = model.diffusion_generate(**prompt, max_new_tokens=12, num_steps=6)
+        text = tokenizer.decode(ids[0, prompt["input_ids"].shape[1]:])
+        print(json.dumps({{"ids": ids.tolist(), "text": text, "mask": tokenizer.mask_token_id}}))
+        """, cwd=tmp_path)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ids"] == expected.tolist()
+    assert len(result["ids"][0]) == prompt["input_ids"].shape[1] + 12
+    assert result["mask"] not in result["ids"][0]
+    assert isinstance(result["text"], str) and result["text"]
+
+
+def test_push_ar_checkpoint_to_a_private_branch(tmp_path, fake_hub):
+    checkpoint = save_checkpoint(tmp_path / "ar-checkpoint", mode="autoregressive")
+    hub.push_to_hub(checkpoint, "someone/tdlm-ar", private=True, revision="v1")
+    assert fake_hub["create_repo"] == [("someone/tdlm-ar", {"private": True, "exist_ok": True})]
+    assert fake_hub["create_branch"] == [("someone/tdlm-ar", "v1")]
+    uploaded = fake_hub["root"] / "someone" / "tdlm-ar" / "v1"
+    assert {p.name for p in uploaded.iterdir()} == EXPECTED_FILES
+    assert read_card_metadata(uploaded / "README.md")[0]["tags"][1] == "autoregressive"
+
+    import tdlm
+
+    original = tdlm.TDLMForCausalLM.from_pretrained(checkpoint).eval()
+    prompt = torch.tensor([[464, 2106, 286]])
+    expected = original.generate(prompt, max_new_tokens=8, do_sample=False)
+    out = run_without_tdlm(f"""
+        import json, torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(uploaded)!r}, trust_remote_code=True).eval()
+        ids = model.generate(torch.tensor([[464, 2106, 286]]), max_new_tokens=8, do_sample=False)
+        print(json.dumps(ids.tolist()))
+        """, cwd=tmp_path)
+    assert json.loads(out.strip().splitlines()[-1]) == expected.tolist()
+
+
+@pytest.mark.parametrize("token_source", ["argument", "environment"])
+def test_token_reaches_the_client_but_is_never_printed_or_logged(tmp_path, fake_hub, monkeypatch, capsys,
+                                                                  caplog, token_source):
+    checkpoint = save_checkpoint(tmp_path / "ckpt")
+    caplog.set_level(logging.DEBUG)
+    if token_source == "environment":
+        monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+        monkeypatch.setattr(sys, "argv", ["push_to_hub.py", str(checkpoint), "--repo-id", "someone/tdlm-token"])
+        runpy.run_path(str(REPO_ROOT / "scripts" / "push_to_hub.py"), run_name="__main__")
+    else:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        hub.push_to_hub(checkpoint, "someone/tdlm-token", token=FAKE_TOKEN)
+        print("pushed someone/tdlm-token")
+
+    # the token was handed to huggingface_hub (explicitly, or found there from HF_TOKEN)
+    from huggingface_hub.utils import get_token
+
+    seen = fake_hub["tokens"]
+    assert seen and all(t == FAKE_TOKEN or (t is None and get_token() == FAKE_TOKEN) for t in seen)
+    captured = capsys.readouterr()
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "someone/tdlm-token" in captured.out  # the script reports what it did ...
+    for text in (captured.out, captured.err, logged):
+        assert FAKE_TOKEN not in text  # ... but never the token
+    uploaded = fake_hub["root"] / "someone" / "tdlm-token" / "main"
+    assert all(FAKE_TOKEN not in p.read_text(errors="ignore") for p in uploaded.iterdir())
