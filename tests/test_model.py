@@ -142,7 +142,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(mode):
     enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
     enable()
     calls = []
-    model.model.layers[0].mlp.register_forward_hook(lambda *args: calls.append(1))
+    model.model.layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
     checkpointed = _grads(model, ids, labels)
     assert len(calls) == 2  # the layer ran again in the backward pass: checkpointing is really on
     assert plain.keys() == checkpointed.keys()
