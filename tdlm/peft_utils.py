@@ -1,0 +1,100 @@
+"""LoRA fine-tuning of a pretrained TDLM (diffusion or AR) with PEFT, and merging an adapter back.
+
+The training YAML's `peft` section drives `apply_lora`:
+
+    peft:
+      enabled: true
+      base_model: experiments/<id>          # experiment folder or checkpoint folder (or a Hub id)
+      r: 8
+      alpha: 16
+      dropout: 0.05
+      target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]
+
+`peft` is imported lazily.
+"""
+
+from pathlib import Path
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PEFT_DEFAULTS = {"enabled": False, "r": 8, "alpha": 16, "dropout": 0.05,
+                 "target_modules": list(DEFAULT_LORA_TARGETS), "base_model": None}
+
+
+def peft_settings(peft_section: dict | None) -> dict:
+    """The `peft` section with defaults filled in; unknown keys and bad values raise naming the key."""
+    section = dict(peft_section or {})
+    unknown = sorted(set(section) - set(PEFT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"peft: unknown keys {unknown}; expected some of {sorted(PEFT_DEFAULTS)}")
+    settings = {**PEFT_DEFAULTS, **section}
+    if not isinstance(settings["r"], int) or settings["r"] < 1:
+        raise ValueError(f"peft.r must be a positive integer, got {settings['r']!r}")
+    if not isinstance(settings["alpha"], (int, float)) or settings["alpha"] <= 0:
+        raise ValueError(f"peft.alpha must be positive, got {settings['alpha']!r}")
+    if not 0.0 <= settings["dropout"] < 1.0:
+        raise ValueError(f"peft.dropout must lie in [0, 1), got {settings['dropout']!r}")
+    if isinstance(settings["target_modules"], str):
+        settings["target_modules"] = [settings["target_modules"]]
+    if not settings["target_modules"]:
+        raise ValueError("peft.target_modules must name at least one module")
+    return settings
+
+
+def resolve_base_model(base_model: str) -> str:
+    """A local experiment or checkpoint folder becomes its model folder (absolute); a Hub id is kept."""
+    if Path(base_model).exists():
+        from .hub import resolve_checkpoint
+
+        return str(resolve_checkpoint(base_model).resolve())
+    return base_model
+
+
+def apply_lora(model, peft_section: dict):
+    """Wrap `model` (a TDLM loaded from `peft_section["base_model"]`) in a LoRA `PeftModel`.
+
+    Only the adapter weights are trainable. The adapter config records the base model so that
+    `PeftModel.from_pretrained` and `merge_adapter` find it again. An AR model gets the CAUSAL_LM task
+    type (PEFT's `generate()` wrapper); a diffusion model a plain `PeftModel` (diffusion_generate
+    reaches the LoRA-injected base model through attribute forwarding).
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    settings = peft_settings(peft_section)
+    missing = [name for name in settings["target_modules"]
+               if not any(module_name.split(".")[-1] == name for module_name, _ in model.named_modules())]
+    if missing:
+        raise ValueError(f"peft.target_modules {missing} match no module of {type(model).__name__}")
+    is_causal = getattr(model.config, "training_mode", "diffusion") == "autoregressive"
+    lora_config = LoraConfig(
+        r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
+        target_modules=list(settings["target_modules"]), bias="none",
+        task_type=TaskType.CAUSAL_LM if is_causal else None,
+    )
+    peft_model = get_peft_model(model, lora_config)
+    base_model = settings["base_model"] or getattr(model, "name_or_path", None)
+    if base_model:
+        peft_model.peft_config["default"].base_model_name_or_path = resolve_base_model(str(base_model))
+    return peft_model
+
+
+def merge_adapter(adapter_dir, output_dir, dtype=None) -> Path:
+    """Load the adapter's base model (with its remote code), merge the LoRA weights into it and save a
+    full, self-sufficient model folder: weights, config with auto_map, remote code, generation config,
+    tokenizer (from the adapter folder when it has one, else from the base)."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json: not a PEFT adapter folder")
+    base = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
+    if not base:
+        raise ValueError(f"{adapter_dir}/adapter_config.json has no base_model_name_or_path")
+    config = AutoConfig.from_pretrained(base, trust_remote_code=True)
+    auto_class = AutoModelForCausalLM if config.training_mode == "autoregressive" else AutoModelForMaskedLM
+    model = auto_class.from_pretrained(base, trust_remote_code=True, **({"dtype": dtype} if dtype else {}))
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    merged.save_pretrained(output_dir)
+    tokenizer_source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
+    AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=True).save_pretrained(output_dir)
+    return output_dir
