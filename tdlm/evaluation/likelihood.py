@@ -1,0 +1,297 @@
+"""Likelihoods of text under TDLM checkpoints, on the same footing for both objectives.
+
+* AR (`training_mode="autoregressive"`): exact per-token NLL. An eval stream of token ids is cut into
+  non-overlapping blocks of `block_size` tokens; inside a block every token but the first is predicted from
+  the tokens before it in that block (the first token of a block has no context and is not scored).
+* Diffusion: the continuous-time NELBO, an *upper bound* on the NLL in expectation, estimated by Monte Carlo
+  over t with `num_samples` stratified (antithetic) times per block and a fixed seed. The masks and ELBO
+  weights come from `tdlm.schedules.diffusion_targets`. The reported standard error uses the iid formula over
+  a block's K draws, which is conservative for stratified draws. `time_epsilon` truncates t away from 0,
+  which drops a bias of order time_epsilon * (CE of one token) per block.
+* Diffusion, exact ordered likelihood: -log p(x) under left-to-right unmasking (chain rule, one model call
+  per position): a proper likelihood of the model, for small eval sets.
+* Conditional log-likelihood of a continuation given a context: AR exact (lm-eval's tokenisation and left
+  truncation, so our numbers equal lm-eval's `hf` backend); diffusion by LLaDA's Monte-Carlo estimator: the
+  number l of masked continuation tokens is stratified over 1..L, weight L/l, `mc_num` draws. The random
+  numbers are seeded by (seed, context), so all choices of one question share the same masks (paired).
+"""
+
+import math
+import zlib
+
+import torch
+import torch.nn.functional as F
+
+from ..schedules import diffusion_targets, get_noise_schedule, sample_times
+
+
+def _progress(iterable, desc, total=None, disable=False):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, disable=disable)
+
+
+def is_diffusion(model) -> bool:
+    return model.config.training_mode == "diffusion"
+
+
+# ---------------------------------------------------------------------------------------------
+# Token streams -> blocks
+# ---------------------------------------------------------------------------------------------
+def make_blocks(token_ids, block_size: int, max_blocks: int | None = None) -> torch.LongTensor:
+    """Non-overlapping [num_blocks, block_size] blocks of a 1-D token stream; the ragged tail is dropped."""
+    ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+    num_blocks = ids.numel() // block_size
+    if num_blocks == 0:
+        raise ValueError(f"eval stream has {ids.numel()} tokens, fewer than one block of {block_size}")
+    if max_blocks is not None:
+        num_blocks = min(num_blocks, max_blocks)
+    return ids[: num_blocks * block_size].view(num_blocks, block_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# AR: exact NLL
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def ar_nll(model, blocks: torch.LongTensor, batch_size: int = 16, show_progress: bool = False) -> dict:
+    """Exact next-token NLL over `blocks` ([N, L]); (L - 1) scored tokens per block."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in _progress(range(0, len(blocks), batch_size), "AR NLL", disable=not show_progress):
+        batch = blocks[start:start + batch_size].to(model.device)
+        out = model(input_ids=batch, labels=batch)
+        total += float(out.token_losses.double().sum())
+        count += out.token_losses.numel()
+    nll = total / count
+    return {"kind": "exact_nll", "nll": nll, "perplexity": math.exp(nll), "num_tokens": count,
+            "num_blocks": len(blocks), "block_size": blocks.shape[1]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffusion: Monte-Carlo NELBO
+# ---------------------------------------------------------------------------------------------
+def stratified_times(num_samples: int, schedule, time_epsilon: float, generator: torch.Generator) -> torch.Tensor:
+    """K antithetic times t_k = t_low + (t_high - t_low) * ((u + k/K) mod 1), shape [K, 1]."""
+    return sample_times((num_samples, 1), schedule, time_epsilon=time_epsilon, antithetic=True, generator=generator)
+
+
+@torch.no_grad()
+def diffusion_nelbo_samples(model, blocks: torch.LongTensor, num_samples: int = 32, seed: int = 0,
+                            time_epsilon: float | None = None, batch_size: int = 64,
+                            show_progress: bool = False) -> torch.Tensor:
+    """[N, K] float64: the NELBO (nats, summed over the block) of each block under K stratified draws of t.
+
+    Block n uses its own generator seeded with (seed, n), so a block's estimate does not depend on the others.
+    """
+    model.eval()
+    config = model.config
+    schedule = get_noise_schedule(config.noise_schedule)
+    eps = config.time_epsilon if time_epsilon is None else time_epsilon
+    values = torch.zeros(len(blocks), num_samples, dtype=torch.float64)
+    for n, block in enumerate(_progress(blocks, "NELBO", disable=not show_progress)):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + n)
+        t = stratified_times(num_samples, schedule, eps, generator)
+        repeated = block.unsqueeze(0).expand(num_samples, -1)
+        targets = diffusion_targets(repeated, None, schedule, config.mask_token_id, generator=generator, t=t)
+        for lo in range(0, num_samples, batch_size):
+            part = slice(lo, lo + batch_size)
+            values[n, part] = _weighted_masked_ce(model, targets["input_ids"][part], targets["labels"][part],
+                                                  targets["loss_weights"][part].double())
+    return values
+
+
+def _weighted_masked_ce(model, inputs, labels, weights) -> torch.Tensor:
+    """Per row: sum over masked positions of w * CE (float64), using the model's token_losses."""
+    device = model.device
+    out = model(input_ids=inputs.to(device), labels=labels.to(device))
+    supervised = labels != -100
+    per_token = torch.zeros(labels.shape, dtype=torch.float64)
+    per_token[supervised] = out.token_losses.double().cpu() * weights[supervised]
+    return per_token.sum(-1)
+
+
+def diffusion_nelbo(model, blocks: torch.LongTensor, num_samples: int = 32, seed: int = 0,
+                    time_epsilon: float | None = None, batch_size: int = 64, show_progress: bool = False) -> dict:
+    """NELBO per token (an upper bound on the NLL), its Monte-Carlo standard error, and exp(NELBO)."""
+    samples = diffusion_nelbo_samples(model, blocks, num_samples, seed, time_epsilon, batch_size, show_progress)
+    num_tokens = blocks.numel()
+    per_block = samples.mean(1)
+    nelbo = float(per_block.sum()) / num_tokens
+    if num_samples > 1:
+        variance_of_means = samples.var(1, unbiased=True) / num_samples
+        standard_error = float(variance_of_means.sum().sqrt()) / num_tokens
+    else:
+        standard_error = float("nan")
+    return {"kind": "nelbo_upper_bound", "nelbo": nelbo, "nll_upper_bound": nelbo, "standard_error": standard_error,
+            "perplexity_upper_bound": math.exp(nelbo), "num_tokens": num_tokens, "num_blocks": len(blocks),
+            "block_size": blocks.shape[1], "num_samples": num_samples, "seed": seed}
+
+
+@torch.no_grad()
+def diffusion_ordered_nll(model, blocks: torch.LongTensor, order: torch.LongTensor | None = None,
+                          show_progress: bool = False) -> dict:
+    """Exact -log p(x) under one unmasking order (default left to right), by the chain rule.
+
+    Step k reveals the positions order[:k], masks the rest and scores the token at order[k]: L model
+    calls per block, batched over k.
+    """
+    model.eval()
+    length = blocks.shape[1]
+    order = torch.arange(length) if order is None else torch.as_tensor(order)
+    total = 0.0
+    for block in _progress(blocks, "ordered NLL", disable=not show_progress):
+        total += float(_ordered_nll_one(model, block, order))
+    nll = total / blocks.numel()
+    return {"kind": "exact_ordered_nll", "nll": nll, "perplexity": math.exp(nll), "num_tokens": blocks.numel(),
+            "num_blocks": len(blocks), "block_size": length}
+
+
+@torch.no_grad()
+def _ordered_nll_one(model, block: torch.LongTensor, order: torch.LongTensor) -> torch.Tensor:
+    length = block.numel()
+    revealed = torch.zeros(length, length, dtype=torch.bool)  # row k: positions order[:k] visible
+    for k in range(1, length):
+        revealed[k, order[:k]] = True
+    inputs = torch.where(revealed, block.unsqueeze(0), model.config.mask_token_id)
+    labels = torch.full((length, length), -100, dtype=torch.long)
+    labels[torch.arange(length), order] = block[order]
+    out = model(input_ids=inputs.to(model.device), labels=labels.to(model.device))
+    return out.token_losses.double().sum().cpu()
+
+
+def evaluate_likelihood(model, token_ids, block_size: int | None = None, max_blocks: int | None = None,
+                        num_samples: int = 32, seed: int = 0, batch_size: int = 16, exact_ordered: bool = False,
+                        show_progress: bool = True) -> dict:
+    """The headline likelihood of a checkpoint on a token stream: exact NLL (AR) or NELBO +- SE (diffusion)."""
+    block_size = block_size or model.config.max_position_embeddings
+    blocks = make_blocks(token_ids, block_size, max_blocks)
+    if not is_diffusion(model):
+        return ar_nll(model, blocks, batch_size, show_progress)
+    result = diffusion_nelbo(model, blocks, num_samples, seed, batch_size=batch_size,
+                             show_progress=show_progress)
+    if exact_ordered:
+        result["ordered"] = diffusion_ordered_nll(model, blocks, show_progress=show_progress)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditional log-likelihood log p(continuation | context)
+# ---------------------------------------------------------------------------------------------
+def prefix_token_id(tokenizer) -> int:
+    """Token that stands in for an empty context (lm-eval: BOS, else EOS)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's causal tokenisation: trailing context spaces move to the continuation, the pair is encoded
+    whole and split at the context's length; an empty context becomes the prefix token."""
+    if not context:
+        return [prefix_token_id(tokenizer)], tokenizer.encode(continuation, add_special_tokens=False)
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    whole = tokenizer.encode(context + continuation)
+    context_ids = tokenizer.encode(context)
+    return context_ids, whole[len(context_ids):]
+
+
+def conditional_loglikelihood(model, tokenizer, pairs, mc_num: int = 128, seed: int = 0, batch_size: int = 32,
+                              show_progress: bool = False) -> list[tuple[float, bool]]:
+    """(log p(continuation | context), is_greedy) for each (context, continuation) string pair."""
+    encoded = [encode_pair(tokenizer, context, continuation) for context, continuation in pairs]
+    if is_diffusion(model):
+        keys = [_context_key(seed, context) for context, _ in pairs]
+        return diffusion_conditional_loglikelihood(model, encoded, keys, mc_num, batch_size, show_progress)
+    return ar_conditional_loglikelihood(model, encoded, batch_size, show_progress)
+
+
+def _context_key(seed: int, context: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(context.encode("utf-8"))) % (2 ** 63)
+
+
+def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.LongTensor, torch.LongTensor]:
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def ar_conditional_loglikelihood(model, encoded, batch_size: int = 32, show_progress: bool = False):
+    """Exact AR scores; inputs are (context + continuation)[-(max_len + 1):][:-1] as in lm-eval's `hf`."""
+    model.eval()
+    max_length = model.config.max_position_embeddings
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    results = []
+    for start in _progress(range(0, len(encoded), batch_size), "AR loglikelihood", disable=not show_progress):
+        chunk = encoded[start:start + batch_size]
+        rows = [(ctx + cont)[-(max_length + 1):][:-1] for ctx, cont in chunk]
+        ids, mask = _right_pad(rows, pad_id)
+        logprobs = F.log_softmax(model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)
+                                       ).logits.double(), dim=-1).cpu()
+        for i, (row, (_, cont)) in enumerate(zip(rows, chunk)):
+            positions = torch.arange(len(row) - len(cont), len(row))
+            target = torch.tensor(cont, dtype=torch.long)
+            scores = logprobs[i, positions]
+            results.append((float(scores.gather(-1, target[:, None]).sum()), bool((scores.argmax(-1) == target).all())))
+    return results
+
+
+def llada_masks(key: int, length: int, mc_num: int) -> tuple[torch.BoolTensor, torch.Tensor]:
+    """mc_num masks over a continuation of `length` tokens and their weights L/l.
+
+    Draw i masks l_i = floor(((u + i) / mc_num mod 1) * L) + 1 tokens (stratified uniform on 1..L): the l_i
+    positions with the smallest keys r[i, :L]. r is drawn position-major, so for a fixed `key` the keys of
+    the first L positions do not depend on L: choices of one question of different lengths stay paired.
+    """
+    generator = torch.Generator().manual_seed(key)
+    u = torch.rand(1, generator=generator, dtype=torch.float64)
+    fractions = (u + torch.arange(mc_num, dtype=torch.float64) / mc_num) % 1.0
+    counts = (fractions * length).floor().long().clamp(max=length - 1) + 1
+    keys = torch.rand(max(length, 1), mc_num, generator=generator, dtype=torch.float64).t()[:, :length]
+    ranks = keys.argsort(-1).argsort(-1)
+    masks = ranks < counts[:, None]
+    return masks, length / counts.double()
+
+
+@torch.no_grad()
+def diffusion_conditional_loglikelihood(model, encoded, keys, mc_num: int = 128, batch_size: int = 32,
+                                        show_progress: bool = False):
+    """LLaDA estimate of log p(continuation | context): -mean_i (L / l_i) * sum_{masked} CE."""
+    model.eval()
+    mask_id = model.config.mask_token_id
+    max_length = model.config.max_position_embeddings
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    results = []
+    for (context, continuation), key in _progress(list(zip(encoded, keys)), "diffusion loglikelihood",
+                                                  disable=not show_progress):
+        if len(continuation) >= max_length:
+            raise ValueError(f"continuation of {len(continuation)} tokens does not fit max_position_embeddings "
+                             f"{max_length}")
+        context = context[-(max_length - len(continuation)):]
+        sequence = torch.tensor(context + continuation, dtype=torch.long)
+        start = len(context)
+        masks, weights = llada_masks(key, len(continuation), mc_num)
+        estimates = []
+        for lo in range(0, mc_num, batch_size):
+            part = masks[lo:lo + batch_size]
+            inputs = sequence.repeat(len(part), 1)
+            labels = torch.full_like(inputs, -100)
+            cont_inputs = inputs[:, start:]
+            labels[:, start:] = torch.where(part, cont_inputs, -100)
+            inputs[:, start:] = cont_inputs.masked_fill(part, mask_id)
+            out = model(input_ids=inputs.to(model.device), labels=labels.to(model.device))
+            per_row = torch.zeros(part.shape, dtype=torch.float64)
+            per_row[part] = out.token_losses.double().cpu()
+            estimates.append(per_row.sum(-1) * weights[lo:lo + batch_size])
+        loglikelihood = -float(torch.cat(estimates).mean())
+        all_masked = sequence.clone().unsqueeze(0)
+        all_masked[0, start:] = mask_id
+        logits = model(input_ids=all_masked.to(model.device)).logits[0, start:].cpu()
+        greedy = bool((logits.argmax(-1) == sequence[start:]).all())
+        results.append((loglikelihood, greedy))
+    return results

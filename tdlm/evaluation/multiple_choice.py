@@ -1,0 +1,54 @@
+"""Scoring of multiple-choice and continuation tasks with our own likelihoods (no lm-eval needed).
+
+Metrics follow lm-eval: `acc` = argmax of log p(delimiter + choice | context); `acc_norm` = argmax of the
+log-likelihood divided by the choice's length in characters; LAMBADA-style tasks report `acc` (the target is
+the greedy continuation) and `perplexity` = exp(-mean log p(target)).
+"""
+
+import math
+
+from .likelihood import conditional_loglikelihood
+
+
+def score_docs(model, tokenizer, docs, mc_num: int = 128, seed: int = 0, batch_size: int = 32,
+               show_progress: bool = False) -> dict:
+    """Metrics of one (sub)task and the per-document log-likelihoods."""
+    pairs, owners = [], []
+    for index, doc in enumerate(docs):
+        for choice in doc.choices:
+            pairs.append((doc.context, doc.delimiter + choice))
+            owners.append(index)
+    scores = conditional_loglikelihood(model, tokenizer, pairs, mc_num=mc_num, seed=seed, batch_size=batch_size,
+                                       show_progress=show_progress)
+    per_doc = [[] for _ in docs]
+    for index, score in zip(owners, scores):
+        per_doc[index].append(score)
+    if docs and docs[0].kind == "loglikelihood":
+        lls = [d[0][0] for d in per_doc]
+        return {"acc": sum(d[0][1] for d in per_doc) / len(docs), "perplexity": math.exp(-sum(lls) / len(lls)),
+                "num_docs": len(docs), "loglikelihoods": lls}
+    correct = correct_norm = 0
+    for doc, results in zip(docs, per_doc):
+        lls = [ll for ll, _ in results]
+        normalised = [ll / len(choice) for ll, choice in zip(lls, doc.choices)]
+        correct += _argmax(lls) == doc.gold
+        correct_norm += _argmax(normalised) == doc.gold
+    count = max(len(docs), 1)
+    return {"acc": correct / count, "acc_norm": correct_norm / count, "num_docs": len(docs),
+            "loglikelihoods": [[ll for ll, _ in r] for r in per_doc]}
+
+
+def _argmax(values):
+    """First index of the maximum (numpy's tie rule, as lm-eval)."""
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def aggregate(subtasks: dict[str, dict]) -> dict:
+    """Size-weighted average of subtask metrics (lm-eval's group aggregation with weight_by_size)."""
+    total = sum(r["num_docs"] for r in subtasks.values())
+    metrics = {}
+    for metric in ("acc", "acc_norm"):
+        if all(metric in r for r in subtasks.values()) and total:
+            metrics[metric] = sum(r[metric] * r["num_docs"] for r in subtasks.values()) / total
+    metrics["num_docs"] = total
+    return metrics
