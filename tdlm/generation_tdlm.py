@@ -1,10 +1,11 @@
 """Sampling from a masked-diffusion LM: `DiffusionGenerationConfig` + `DiffusionGenerationMixin`.
 
 Start from the input with masks where text is wanted (appended new tokens, or masks anywhere for
-infilling). Each step runs the model, proposes a token for every masked position, and commits the
-most confident ones (the remasking rule); how many are committed at step k follows the step schedule
-(`schedules.unmask_counts`), counted per row. Finished rows leave the batch; the LM head runs only at
-positions still masked.
+infilling). Each step runs the model, proposes a token for every masked position of the row's current
+block, and commits the most confident ones (the remasking rule); how many are committed at step k follows
+the step schedule (`schedules.unmask_counts`), counted per row, so a row's output never depends on the
+rest of its batch. Rows with nothing to commit at a step skip the model call, finished rows leave the
+batch, and the LM head runs only at positions still masked in the current block.
 
 Shipped as remote code next to the weights: imports only torch, transformers and relative siblings.
 """
@@ -18,23 +19,29 @@ from transformers.utils import ModelOutput
 from .schedules import STEP_SCHEDULES, get_noise_schedule, unmask_counts
 
 REMASKING_RULES = ("low_confidence", "margin", "entropy", "random")
+GENERATION_CONFIG_NAME = "generation_config.json"
 
 
 class DiffusionGenerationConfig(GenerationConfig):
     """Sampling options of `diffusion_generate` (saved as `generation_config.json`).
 
     Args:
-        num_steps: model calls budget; the sampler commits all masks within this many steps.
+        num_steps: budget of sampling steps (model calls); all masks are committed within it.
         step_schedule: "cosine" (few tokens first, many at the end; default) or "linear".
-        remasking: which masked positions to commit: "low_confidence" (highest p of the proposal),
-            "margin" (top-1 minus top-2 probability), "entropy" (lowest entropy) or "random".
-        confidence_threshold: also commit every proposal whose confidence exceeds it (Fast-dLLM style
-            parallel decoding); the step schedule still gives the minimum per step.
-        block_length: semi-autoregressive decoding in blocks of this many masks, left to right.
+        remasking: which masked positions to commit: "low_confidence" (highest probability of the
+            proposal), "margin" (top-1 minus top-2 probability), "entropy" (lowest entropy) or "random".
+        confidence_threshold: also commit every proposal whose confidence exceeds it, at least one per
+            step (Fast-dLLM style parallel decoding); the step schedule still gives the minimum per step.
+        block_length: semi-autoregressive decoding in blocks of this many masks, left to right; the
+            step budget is split evenly over a row's blocks.
         temperature: 0 for greedy proposals; otherwise Gumbel-max sampling (float64 noise) at this
             temperature, after `top_k` / `top_p` filtering.
-        stop_at_eos: once a row has an EOS after which nothing is decided yet, the rest becomes padding.
+        stop_at_eos: once a row commits an EOS at a generated position, every generated position after
+            its first such EOS becomes `pad_token_id` (EOS when there is no pad) and needs no more calls.
         show_progress: tqdm bar over steps.
+        output_history: keep the canvas after every step (`history` of the output dict).
+    Also used: `max_new_tokens`, `max_length` (unconditional length), `num_return_sequences`
+    (unconditional batch size), `return_dict_in_generate`, `eos_token_id`, `pad_token_id`.
     """
 
     def __init__(self, **kwargs):
@@ -53,8 +60,8 @@ class DiffusionGenerationConfig(GenerationConfig):
 
     def validate(self, strict: bool = False, **kwargs):
         # GenerationConfig's own checks assume autoregressive sampling (do_sample flags, beams); ours differ.
-        if int(self.num_steps) < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1, got {self.num_steps!r}")
         if self.step_schedule not in STEP_SCHEDULES:
             raise ValueError(f"step_schedule must be one of {STEP_SCHEDULES}, got {self.step_schedule!r}")
         if self.remasking not in REMASKING_RULES:
@@ -73,14 +80,23 @@ class DiffusionGenerationConfig(GenerationConfig):
 
 @dataclass
 class DiffusionGenerationOutput(ModelOutput):
-    """sequences: [B, L] final tokens. commit_step: [B, L] the step at which each position was decided
-    (-1 for positions given in the input). committed_per_step: [K] tokens committed at each step (batch
-    total). num_model_calls: forward passes run. history: per-step [B, L] states when requested."""
+    """Result of `diffusion_generate(..., return_dict_in_generate=True)`.
+
+    sequences: [B, L] final tokens.
+    commit_step: [B, L] step at which each position was decided (-1 for positions given in the input):
+        the denoising convergence of every position.
+    committed_per_step: [B, K] proposals committed by each row at each of the K steps run (positions
+        padded after EOS are not counted).
+    num_model_calls: forward passes run (each on the sub-batch of rows that had something to commit).
+    row_model_calls: [B] forward passes each row took part in.
+    history: per-step [B, L] canvases when `output_history=True`.
+    """
 
     sequences: torch.LongTensor | None = None
     commit_step: torch.LongTensor | None = None
     committed_per_step: torch.LongTensor | None = None
     num_model_calls: int | None = None
+    row_model_calls: torch.LongTensor | None = None
     history: tuple[torch.LongTensor, ...] | None = None
 
 
@@ -90,20 +106,24 @@ def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
+        sorted_probs = sorted_logits.softmax(-1)
+        drop_sorted = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keep the smallest set reaching top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
 
 
 def propose_tokens(logits, config: DiffusionGenerationConfig, generator=None):
-    """Proposed x_0 tokens and their confidence under `config.remasking` for rows of logits [N, V]."""
+    """Proposed x_0 tokens and their confidence under `config.remasking` for rows of logits [N, V].
+
+    Confidence is larger for positions to commit first: p(proposal) for "low_confidence", top-1 minus
+    top-2 probability for "margin", minus the entropy for "entropy", uniform noise for "random".
+    """
     logits = _filter_logits(logits.float(), config.top_k, config.top_p)
     probs = logits.softmax(-1)
     if config.temperature:
         uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
-        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-300, 1.0 - 1e-16)))
         tokens = (logits.double() / config.temperature + gumbel).argmax(-1)
     else:
         tokens = logits.argmax(-1)
@@ -113,18 +133,66 @@ def propose_tokens(logits, config: DiffusionGenerationConfig, generator=None):
         top2 = probs.topk(2, dim=-1).values
         confidence = top2[:, 0] - top2[:, 1]
     elif config.remasking == "entropy":
-        confidence = (probs * probs.clamp_min(1e-30).log()).sum(-1)  # negative entropy
+        confidence = (probs * probs.clamp_min(1e-30).log()).sum(-1)  # minus the entropy
     else:
         confidence = torch.rand(tokens.shape, generator=generator, device=logits.device)
     return tokens, confidence.float()
 
 
+def _block_plan(masked, block_length, num_steps, schedule, step_schedule):
+    """Per-row block layout and unmasking counts.
+
+    Returns block_of [B, L] (block index of every masked position, -1 elsewhere; the r-th mask of a row
+    is in block r // block_length), steps [B, NB] (steps allotted to each block: the row's budget split
+    as evenly as possible, at least one per block) and counts [B, NB, S] (tokens to commit at each step
+    of each block, from `unmask_counts`; rows and blocks are independent of each other).
+    """
+    rank = masked.long().cumsum(-1) - 1
+    block_of = torch.where(masked, rank // block_length if block_length else torch.zeros_like(rank), -1)
+    num_blocks_row = block_of.max(-1).values + 1  # [B], 0 for rows without masks
+    num_blocks = max(int(num_blocks_row.max().item()), 1)
+    block_ids = torch.arange(num_blocks, device=masked.device)
+    sizes = (block_of[:, :, None] == block_ids).sum(1)  # [B, NB]
+    blocks = num_blocks_row.clamp_min(1)[:, None]
+    steps = num_steps // blocks + (block_ids[None, :] < num_steps % blocks).long()
+    steps = torch.where(block_ids[None, :] < num_blocks_row[:, None], steps.clamp_min(1), 0)
+    counts = torch.zeros(*sizes.shape, max(int(steps.max().item()), 1), dtype=torch.long, device=masked.device)
+    for s in steps.unique().tolist():
+        if s > 0:
+            chosen = steps == s
+            counts[chosen, :s] = unmask_counts(sizes[chosen], s, schedule, step_schedule)
+    return block_of, steps, counts
+
+
 class DiffusionGenerationMixin:
-    """Adds `diffusion_generate` to a masked-diffusion model whose forward returns logits at every position."""
+    """Adds `diffusion_generate` to a masked-diffusion model (`self.model` backbone + `self.lm_head`)."""
+
+    generation_config_class = DiffusionGenerationConfig
+
+    def adjust_generation_fn(self, generation_config, from_auto_class, from_pipeline,
+                             pretrained_model_name_or_path, cache_dir, force_download, proxies, local_files_only,
+                             token, revision, subfolder, trust_remote_code, **kwargs):
+        """Called by `from_pretrained`: restore the sampling defaults saved in `generation_config.json`."""
+        if generation_config is not None:
+            self.generation_config = DiffusionGenerationConfig.from_dict(generation_config.to_dict())
+        elif pretrained_model_name_or_path is not None:
+            try:
+                self.generation_config = DiffusionGenerationConfig.from_pretrained(
+                    pretrained_model_name_or_path, cache_dir=cache_dir, force_download=force_download,
+                    proxies=proxies, local_files_only=local_files_only, token=token, revision=revision,
+                    subfolder=subfolder)
+            except OSError:  # no generation_config.json: keep the defaults built in __init__
+                pass
 
     def _diffusion_generation_config(self, generation_config, kwargs) -> DiffusionGenerationConfig:
         base = generation_config if generation_config is not None else getattr(self, "generation_config", None)
-        values = base.to_dict() if base is not None else {}
+        if base is None:
+            base = DiffusionGenerationConfig()
+        known = set(DiffusionGenerationConfig().to_dict()) | set(base.to_dict())
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"diffusion_generate got unknown options {unknown}; see DiffusionGenerationConfig")
+        values = base.to_dict()
         values.update(kwargs)
         for key in ("transformers_version", "_from_model_config"):
             values.pop(key, None)
@@ -132,28 +200,33 @@ class DiffusionGenerationMixin:
         config.validate()
         return config
 
-    def _prepare_canvas(self, input_ids, attention_mask, config):
+    def _prepare_canvas(self, input_ids, attention_mask, config, batch_size):
+        """The [B, L] canvas (prompt + appended masks, or the given input for infilling) and its mask."""
         mask_id = self.config.mask_token_id
         if mask_id is None:
             raise ValueError("this model's config has no mask_token_id; diffusion sampling needs one")
         device = self.device
         if input_ids is None:
-            batch = config.num_return_sequences or 1
+            if attention_mask is not None:
+                raise ValueError("attention_mask was given without input_ids")
+            batch = batch_size or config.num_return_sequences or 1
             length = config.max_new_tokens or config.max_length
             if not length:
                 raise ValueError("unconditional generation needs max_length or max_new_tokens")
             input_ids = torch.full((batch, length), mask_id, dtype=torch.long, device=device)
-            attention_mask = None
-        input_ids = input_ids.to(device)
+        elif batch_size is not None and batch_size != input_ids.shape[0]:
+            raise ValueError(f"batch_size={batch_size} does not match input_ids batch {input_ids.shape[0]}")
+        input_ids = torch.as_tensor(input_ids, device=device).clone()  # the sampler writes into it
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape [batch, seq_len], got {tuple(input_ids.shape)}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.to(device)
+        attention_mask = torch.as_tensor(attention_mask, device=device)
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
                              f"input_ids shape {tuple(input_ids.shape)}")
-        new_tokens = config.max_new_tokens if (input_ids != mask_id).any() else 0
+        is_canvas = bool((input_ids == mask_id).all())  # an all-mask input is itself the canvas
+        new_tokens = 0 if is_canvas else (config.max_new_tokens or 0)
         if new_tokens:
             masks = torch.full((input_ids.shape[0], new_tokens), mask_id, dtype=torch.long, device=device)
             input_ids = torch.cat([input_ids, masks], dim=1)
@@ -161,7 +234,8 @@ class DiffusionGenerationMixin:
         elif not ((input_ids == mask_id) & attention_mask.bool()).any():
             raise ValueError("nothing to generate: set max_new_tokens or put mask tokens in input_ids")
         if input_ids.shape[1] > self.config.max_position_embeddings:
-            raise ValueError(f"prompt plus new tokens is {input_ids.shape[1]} tokens, more than the model's "
+            raise ValueError(f"prompt ({input_ids.shape[1] - new_tokens} tokens) plus max_new_tokens ({new_tokens}) "
+                             f"is {input_ids.shape[1]} tokens, more than the model's "
                              f"max_position_embeddings={self.config.max_position_embeddings}")
         return input_ids, attention_mask
 
@@ -175,94 +249,115 @@ class DiffusionGenerationMixin:
 
     @torch.no_grad()
     def diffusion_generate(self, input_ids=None, attention_mask=None, generation_config=None, generator=None,
-                           **kwargs):
-        """Generate by iterative unmasking. Returns [B, L] token ids, or a `DiffusionGenerationOutput`
-        when `return_dict_in_generate=True`. Keyword arguments override `generation_config` fields."""
+                           batch_size=None, **kwargs):
+        """Generate by iterative unmasking.
+
+        Unconditional: `diffusion_generate(batch_size=B, max_length=L)`. Prompted: a left- or
+        right-padded `input_ids` + `attention_mask` and `max_new_tokens` masks appended. Infilling: mask
+        tokens anywhere in `input_ids` are filled, every other token kept. Keyword arguments override
+        `generation_config` (default: `self.generation_config`). Returns [B, L] token ids, or a
+        `DiffusionGenerationOutput` when `return_dict_in_generate=True`.
+        """
         config = self._diffusion_generation_config(generation_config, kwargs)
         mask_id = self.config.mask_token_id
-        x, attention_mask = self._prepare_canvas(input_ids, attention_mask, config)
+        x, attention_mask = self._prepare_canvas(input_ids, attention_mask, config, batch_size)
         batch, length = x.shape
-        masked = (x == mask_id) & attention_mask.bool()
+        generated = (x == mask_id) & attention_mask.bool()
         schedule = get_noise_schedule(self.config.noise_schedule)
+        block_of, block_steps, counts = _block_plan(generated, config.block_length, config.num_steps, schedule,
+                                                    config.step_schedule)
+        eos_id = config.eos_token_id if config.eos_token_id is not None else self.config.eos_token_id
+        if isinstance(eos_id, (list, tuple)):
+            eos_id = eos_id[0]
+        pad_id = config.pad_token_id if config.pad_token_id is not None else self.config.pad_token_id
+        pad_id = eos_id if pad_id is None else pad_id
+        if config.stop_at_eos and eos_id is None:
+            raise ValueError("stop_at_eos=True needs an eos_token_id in the generation config or model config")
 
-        # block index of every masked position: its rank among the row's masks // block_length
-        rank = masked.long().cumsum(-1) - 1
-        block_of = torch.where(masked, rank // config.block_length if config.block_length else 0, -1)
-        num_blocks = int(block_of.max().item()) + 1 if masked.any() else 0
-        steps_per_block = max(1, -(-config.num_steps // max(num_blocks, 1)))
-
+        positions = torch.arange(length, device=x.device)
+        all_rows = torch.arange(batch, device=x.device)
         commit_step = torch.full_like(x, -1)
+        row_model_calls = torch.zeros(batch, dtype=torch.long, device=x.device)
+        current_block = torch.full((batch,), -1, dtype=torch.long, device=x.device)
+        block_step = torch.zeros(batch, dtype=torch.long, device=x.device)
         committed_per_step, history = [], []
-        num_model_calls, step = 0, 0
-        eos_id = self.config.eos_token_id
-        pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else eos_id
+        num_model_calls = 0
         progress = None
         if config.show_progress:
             from tqdm.auto import tqdm
-            progress = tqdm(total=num_blocks * steps_per_block, desc="diffusion sampling", leave=False)
+            progress = tqdm(total=int(block_steps.sum(-1).max()), desc="diffusion sampling", leave=False)
 
-        for block in range(num_blocks):
-            in_block = block_of == block
-            counts = unmask_counts(in_block.sum(-1), steps_per_block, schedule, config.step_schedule)
-            for block_step in range(steps_per_block):
-                candidates = in_block & (x == mask_id)
-                rows = candidates.any(-1).nonzero().squeeze(-1)
-                if rows.numel() == 0:
-                    break
-                logits = self._active_logits(x[rows], attention_mask[rows], candidates[rows])
-                num_model_calls += 1
-                tokens, confidence = propose_tokens(logits, config, generator)
-                # scatter proposals back to a [rows, L] grid; non-candidates get -inf confidence
+        step = 0
+        while True:
+            remaining = x == mask_id
+            remaining &= generated
+            if not remaining.any():
+                break
+            # each row works on its lowest block that still has masks; a new block restarts its schedule
+            block = torch.where(remaining, block_of, block_of.new_tensor(1 << 30)).min(-1).values
+            unfinished = remaining.any(-1)
+            block = torch.where(unfinished, block, -1)
+            block_step = torch.where(block == current_block, block_step, 0)
+            current_block = block
+            candidates = remaining & (block_of == block[:, None])
+            left_in_block = candidates.sum(-1)
+            safe_block = block.clamp_min(0)
+            allotted = block_steps[all_rows, safe_block]
+            k = counts[all_rows, safe_block, block_step.clamp_max(counts.shape[-1] - 1)]
+            k = torch.where(block_step >= allotted - 1, left_in_block, k)  # a block's last step commits the rest
+            if config.confidence_threshold is not None:
+                k = k.clamp_min(1)
+            k = torch.where(unfinished, k, 0)
+
+            commit = torch.zeros_like(remaining)
+            rows = (k > 0).nonzero().squeeze(-1)
+            if rows.numel():  # rows whose schedule commits nothing this step skip the model call
                 sub = candidates[rows]
+                logits = self._active_logits(x[rows], attention_mask[rows], sub)
+                num_model_calls += 1
+                row_model_calls[rows] += 1
+                tokens, confidence = propose_tokens(logits, config, generator)
                 grid_conf = torch.full(sub.shape, float("-inf"), device=x.device)
                 grid_conf[sub] = confidence
                 grid_tok = x[rows].clone()
                 grid_tok[sub] = tokens
-                k = counts[rows, block_step]
-                if block_step == steps_per_block - 1:
-                    k = sub.sum(-1)  # last step of a block commits everything left in it
+                k_rows = k[rows]
                 if config.confidence_threshold is not None:
                     above = (grid_conf > config.confidence_threshold).sum(-1)
-                    k = torch.maximum(torch.maximum(k, above), torch.ones_like(k))
+                    k_rows = torch.maximum(k_rows, above)
                 order = grid_conf.argsort(dim=-1, descending=True, stable=True)
-                take = torch.arange(length, device=x.device)[None, :] < k[:, None]
-                commit = torch.zeros_like(sub).scatter(-1, order, take) & sub
-                x_rows = x[rows]
-                x_rows[commit] = grid_tok[commit]
-                x[rows] = x_rows
-                cs = commit_step[rows]
-                cs[commit] = step
-                commit_step[rows] = cs
-                committed_per_step.append(int(commit.sum()))
-                if config.stop_at_eos and eos_id is not None:
-                    self._finish_rows_at_eos(x, masked, eos_id, pad_id, mask_id, commit_step, step)
-                if config.output_history:
-                    history.append(x.clone())
-                step += 1
-                if progress is not None:
-                    progress.update(1)
+                take = positions[None, :] < k_rows[:, None]
+                sub_commit = torch.zeros_like(sub).scatter(-1, order, take) & sub
+                x[rows] = torch.where(sub_commit, grid_tok, x[rows])
+                commit[rows] = sub_commit
+            commit_step[commit] = step
+            committed_per_step.append(commit.sum(-1))
+            if config.stop_at_eos:
+                self._pad_after_eos(x, generated, eos_id, pad_id, mask_id, commit_step, step)
+            if config.output_history:
+                history.append(x.clone())
+            block_step = block_step + 1
+            step += 1
+            if progress is not None:
+                progress.update(1)
         if progress is not None:
             progress.close()
 
         if not config.return_dict_in_generate:
             return x
+        per_step = torch.stack(committed_per_step, 1) if committed_per_step else x.new_zeros(batch, 0)
         return DiffusionGenerationOutput(
-            sequences=x, commit_step=commit_step, num_model_calls=num_model_calls,
-            committed_per_step=torch.tensor(committed_per_step, dtype=torch.long),
-            history=tuple(history) if config.output_history else None)
+            sequences=x, commit_step=commit_step, committed_per_step=per_step, num_model_calls=num_model_calls,
+            row_model_calls=row_model_calls, history=tuple(history) if config.output_history else None)
 
     @staticmethod
-    def _finish_rows_at_eos(x, generated, eos_id, pad_id, mask_id, commit_step, step):
-        """Rows whose first generated EOS has no undecided position before it: pad everything after it."""
+    def _pad_after_eos(x, generated, eos_id, pad_id, mask_id, commit_step, step):
+        """Every generated position after a row's first committed generated EOS becomes padding."""
         is_eos = generated & (x == eos_id)
-        has_eos = is_eos.any(-1)
-        if not has_eos.any():
+        if not is_eos.any():
             return
-        first_eos = torch.where(is_eos, torch.arange(x.shape[1], device=x.device), x.shape[1]).min(-1).values
-        positions = torch.arange(x.shape[1], device=x.device)[None, :]
-        undecided_before = ((x == mask_id) & (positions < first_eos[:, None])).any(-1)
-        done = has_eos & ~undecided_before
-        after = done[:, None] & generated & (positions > first_eos[:, None])
-        fill = after & (x == mask_id)
-        commit_step[fill] = step
+        positions = torch.arange(x.shape[1], device=x.device)
+        first_eos = torch.where(is_eos, positions, x.shape[1]).min(-1).values
+        after = generated & (positions[None, :] > first_eos[:, None])
+        commit_step[after & (x == mask_id)] = step
         x[after] = pad_id
