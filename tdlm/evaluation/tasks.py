@@ -138,11 +138,32 @@ def load_task(name: str, data_dir=None, limit=None) -> dict[str, list[Doc]]:
     if name in ("mmlu", "mmlu_5shot"):
         shots = 5 if name == "mmlu_5shot" else 0
         return {f"{name}_{s}": load_mmlu_subject(s, data_dir, shots, limit) for s in MMLU_SUBJECTS}
-    if name.startswith("mmlu_") and name.removeprefix("mmlu_") in MMLU_SUBJECTS:
-        return {name: load_mmlu_subject(name.removeprefix("mmlu_"), data_dir, 0, limit)}
+    if name.startswith("mmlu_"):
+        base, subject = _mmlu_subtask(name)
+        return {name: load_mmlu_subject(subject, data_dir, 5 if base == "mmlu_5shot" else 0, limit)}
     if name in ICL_TASKS:
         return {name: load_icl(name, data_dir, limit)}
     raise ValueError(f"unknown task {name!r}; expected one of {TASK_NAMES} or mmlu_<subject>")
+
+
+def _mmlu_subtask(name: str) -> tuple[str, str]:
+    """"mmlu_anatomy" -> ("mmlu", "anatomy"); "mmlu_5shot_anatomy" -> ("mmlu_5shot", "anatomy")."""
+    for base in ("mmlu_5shot", "mmlu"):
+        subject = name.removeprefix(base + "_")
+        if name.startswith(base + "_") and subject in MMLU_SUBJECTS:
+            return base, subject
+    raise ValueError(f"unknown task {name!r}; expected one of {TASK_NAMES}, mmlu_<subject> or mmlu_5shot_<subject>")
+
+
+def lm_eval_task_names(tasks) -> tuple[list[str], list[str]]:
+    """(task families to write with `write_lm_eval_tasks`, lm-eval task/group names to run) for our names."""
+    families, names = [], []
+    for task in tasks:
+        family = task if task in TASK_NAMES else _mmlu_subtask(task)[0]
+        if family not in families:
+            families.append(family)
+        names.append(f"tdlm_{task}")
+    return families, names
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""lm-eval model "tdlm": TDLM checkpoints (diffusion or AR) behind lm-eval's LM interface.
+
+    import tdlm.evaluation.lm_eval_adapter  # registers "tdlm" (a registered model is visible only after import)
+    lm_eval.simple_evaluate(model="tdlm", model_args="pretrained=PATH,mc_num=128", tasks=[...], task_manager=...)
+
+loglikelihood uses our conditional log-likelihoods (AR exact; diffusion LLaDA Monte Carlo with masks shared by
+the choices of one context); loglikelihood_rolling is the exact NLL (AR, lm-eval's rolling windows) or minus the
+NELBO over max-length blocks (diffusion: a lower bound on log p); generate_until uses `generate` (AR) or
+`diffusion_generate` (diffusion) and cuts at the stop strings.
+"""
+
+import lm_eval.models  # noqa: F401  (fills the registry with lm-eval's own models first)
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from .checkpoints import load_checkpoint
+from .likelihood import (conditional_loglikelihood, diffusion_nelbo_samples, is_diffusion, make_blocks,
+                         prefix_token_id)
+
+
+@register_model("tdlm")
+class TDLMLM(LM):
+    def __init__(self, pretrained: str = None, model=None, tokenizer=None, mc_num: int = 128, seed: int = 0,
+                 batch_size: int | str = 32, nelbo_samples: int = 32, max_gen_toks: int = 64, device: str = None,
+                 **kwargs):
+        super().__init__()
+        if model is None:
+            if pretrained is None:
+                raise ValueError("lm-eval model 'tdlm' needs pretrained=<checkpoint folder> (or model=, tokenizer=)")
+            model, tokenizer = load_checkpoint(pretrained, device=device if device not in (None, "auto") else None)
+        self.model, self.tokenizer = model, tokenizer
+        self.mc_num, self.seed, self.nelbo_samples = int(mc_num), int(seed), int(nelbo_samples)
+        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 32
+        self.max_gen_toks = int(max_gen_toks)
+
+    @property
+    def max_length(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        pairs = [request.args for request in requests]
+        return conditional_loglikelihood(self.model, self.tokenizer, pairs, mc_num=self.mc_num, seed=self.seed,
+                                         batch_size=self.batch_size, show_progress=not disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+        results = []
+        for request in requests:
+            tokens = self.tokenizer.encode(request.args[0])
+            if is_diffusion(self.model):
+                blocks = [torch.tensor(tokens[i:i + self.max_length]) for i in range(0, len(tokens), self.max_length)]
+                total = sum(float(diffusion_nelbo_samples(self.model, b.unsqueeze(0), self.nelbo_samples,
+                                                          self.seed).mean()) for b in blocks)
+                results.append(-total)
+                continue
+            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+                tokens, prefix_token_id(self.tokenizer), self.max_length, context_len=1)]
+            from .likelihood import ar_conditional_loglikelihood
+
+            scores = ar_conditional_loglikelihood(self.model, windows, self.batch_size)
+            results.append(sum(score for score, _ in scores))
+        return results
+
+    @torch.no_grad()
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        outputs = []
+        for request in requests:
+            context, gen_kwargs = request.args
+            until = gen_kwargs.get("until") or [self.tokenizer.eos_token]
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
+            ids = self.tokenizer.encode(context) or [prefix_token_id(self.tokenizer)]
+            ids = ids[-max(1, self.max_length - max_new):]
+            input_ids = torch.tensor([ids], device=self.model.device)
+            if is_diffusion(self.model):
+                generator = torch.Generator(device=self.model.device).manual_seed(self.seed)
+                sequence = self.model.diffusion_generate(input_ids=input_ids, max_new_tokens=max_new,
+                                                         generator=generator)
+            else:
+                sequence = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                               max_new_tokens=max_new, do_sample=False,
+                                               pad_token_id=self.tokenizer.pad_token_id)
+            text = self.tokenizer.decode(sequence[0, len(ids):], skip_special_tokens=True)
+            for stop in until:
+                if stop:
+                    text = text.split(stop)[0]
+            outputs.append(text)
+        return outputs
+
+
+def evaluate_with_lm_eval(model_name: str, model_args, tasks, limit=None, data_dir=None, task_dir=None,
+                          num_fewshot=None, log_samples: bool = False, seed: int = 0, batch_size=8,
+                          device: str | None = None):
+    """lm_eval.simple_evaluate on our local task YAMLs (written to `task_dir`, a temp folder by default).
+
+    `model_name` is "tdlm" (this adapter) or "hf" (lm-eval's stock backend, for AR checkpoints); `model_args`
+    a dict or "k=v,..." string, or an LM instance as `model_name`.
+    """
+    import tempfile
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from .tasks import lm_eval_task_names, write_lm_eval_tasks
+
+    families, names = lm_eval_task_names(tasks)
+    with tempfile.TemporaryDirectory(prefix="tdlm_tasks_") as tmp:
+        folder = task_dir or tmp
+        write_lm_eval_tasks(folder, families, data_dir)
+        manager = TaskManager(include_path=folder, include_defaults=False)
+        return lm_eval.simple_evaluate(model=model_name, model_args=model_args, tasks=names, limit=limit,
+                                       num_fewshot=num_fewshot, task_manager=manager, log_samples=log_samples,
+                                       batch_size=batch_size, device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                                       random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                       fewshot_random_seed=seed, bootstrap_iters=0)
