@@ -1,0 +1,279 @@
+"""Throughput benchmark behind `scripts/benchmark.py`: training (through the same Trainer path as
+`scripts/train.py`, and a bare PyTorch loop of the same model for the overhead) and sampling.
+
+Timings are medians over timed steps after warm-up, synchronised on CUDA. Training batches are random
+token blocks: throughput does not depend on the text, and the GPU machine needs no data files.
+"""
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from .schedules import diffusion_targets, get_noise_schedule
+
+# dense bf16 peak FLOP/s used for model FLOPs utilisation (vendor datasheets)
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def training_flops_per_token(config, head_fraction: float) -> float:
+    """6 x (backbone params + head params x fraction of positions that reach the head) + attention scores."""
+    h, layers, length = config.hidden_size, config.num_hidden_layers, config.max_position_embeddings
+    per_layer = 4 * h * h + 3 * h * config.intermediate_size
+    attention = 2 * 2 * length * h  # QK^T and AV, per token per layer, forward
+    return 6 * layers * per_layer + 3 * layers * attention + 6 * h * config.vocab_size * head_fraction
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step (CUDA-synchronised)."""
+
+    def __init__(self, device):
+        self.device, self.times, self._start = device, [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        _sync(self.device)
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _sync(self.device)
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _random_blocks(num_blocks, length, vocab_size, mask_token_id, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    high = mask_token_id if mask_token_id is not None else vocab_size
+    return torch.randint(0, high, (num_blocks, length), generator=generator)
+
+
+def _summary(times, warmup, tokens_per_step):
+    timed = times[warmup:]
+    median = statistics.median(timed)
+    return {"median_step_s": median, "tokens_per_second": tokens_per_step / median, "timed_steps": len(timed)}
+
+
+def benchmark_trainer(config: dict, tokenizer, mode: str, device: torch.device, steps: int, warmup: int) -> dict:
+    """Tokens/s of `DiffusionTrainer` exactly as `scripts/train.py` builds it (precision, compile, optimizer)."""
+    from .data import BlockDataset, DataCollatorForTDLM
+    from .experiment import Experiment
+    from .trainer import DiffusionTrainer, build_model, training_arguments
+
+    config = json.loads(json.dumps(config))
+    config["model"]["training_mode"] = mode
+    t = config["training"]
+    model = build_model(config, tokenizer)
+    length = config["data"]["block_size"]
+    blocks = _random_blocks(t["batch_size"] * (steps + warmup), length, model.config.vocab_size,
+                            model.config.mask_token_id)
+    timer = StepTimer(device)
+    with tempfile.TemporaryDirectory() as folder:
+        experiment = Experiment(Path(folder) / "bench").create()
+        args = training_arguments(config, experiment, max_steps=steps + warmup, logging_steps=10**9,
+                                  report_to="none", use_cpu=device.type == "cpu", disable_tqdm=True,
+                                  warmup_steps=0)
+        trainer = DiffusionTrainer(model=model, args=args, train_dataset=BlockDataset(blocks),
+                                   data_collator=DataCollatorForTDLM(tokenizer.pad_token_id), callbacks=[timer])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        trainer.train()
+    result = _summary(timer.times, warmup, t["batch_size"] * length)
+    if device.type == "cuda":
+        result["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    flops = training_flops_per_token(model.config, 0.5 if mode == "diffusion" else 1.0)
+    result["model_flops_per_token"] = flops
+    peak = peak_flops(device)
+    result["mfu"] = result["tokens_per_second"] * flops / peak if peak else None
+    return result
+
+
+def _loss_fn(model, mode, schedule, generator):
+    def loss(batch):
+        mask = torch.ones_like(batch)
+        if mode == "autoregressive":
+            return model(input_ids=batch, attention_mask=mask, labels=batch).loss
+        targets = diffusion_targets(batch, mask, schedule, model.config.mask_token_id, antithetic=True,
+                                    generator=generator)
+        return model(input_ids=targets["input_ids"], attention_mask=mask, labels=targets["labels"],
+                     loss_weights=targets["loss_weights"], num_items_in_batch=targets["num_items_in_batch"]).loss
+    return loss
+
+
+def benchmark_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, steps: int, warmup: int) -> dict:
+    """The same model, loss and AdamW in a plain PyTorch loop: the floor the Trainer path is compared with."""
+    from .trainer import build_model
+
+    config = json.loads(json.dumps(config))
+    config["model"]["training_mode"] = mode
+    t = config["training"]
+    model = build_model(config, tokenizer).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t["learning_rate"], weight_decay=t["weight_decay"],
+                                  fused=device.type == "cuda")
+    length = config["data"]["block_size"]
+    blocks = _random_blocks(t["batch_size"] * (steps + warmup), length, model.config.vocab_size,
+                            model.config.mask_token_id).to(device)
+    schedule = get_noise_schedule(model.config.noise_schedule)
+    loss_fn = _loss_fn(model, mode, schedule, torch.Generator(device=device).manual_seed(0))
+    precision = t["mixed_precision"]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    times = []
+    for step in range(steps + warmup):
+        batch = blocks[step * t["batch_size"]:(step + 1) * t["batch_size"]]
+        _sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t["max_grad_norm"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return _summary(times, warmup, t["batch_size"] * length)
+
+
+def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> dict:
+    """Loss and gradient of the fused head against the straightforward full-logits cross-entropy, same batch."""
+    import torch.nn.functional as F
+
+    from .trainer import build_model
+
+    config = json.loads(json.dumps(config))
+    config["model"]["training_mode"] = mode
+    model = build_model(config, tokenizer).to(device)
+    batch = _random_blocks(min(config["training"]["batch_size"], 64), config["data"]["block_size"],
+                           model.config.vocab_size, model.config.mask_token_id).to(device)
+    mask = torch.ones_like(batch)
+    schedule = get_noise_schedule(model.config.noise_schedule)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["training"]["mixed_precision"])
+    if mode == "autoregressive":
+        inputs = {"input_ids": batch, "labels": batch}
+        labels, weights, normaliser = torch.nn.functional.pad(batch[:, 1:], (0, 1), value=-100), None, None
+    else:
+        targets = diffusion_targets(batch, mask, schedule, model.config.mask_token_id, antithetic=True,
+                                    generator=torch.Generator(device=device).manual_seed(0))
+        inputs = {"input_ids": targets["input_ids"], "labels": targets["labels"],
+                  "loss_weights": targets["loss_weights"], "num_items_in_batch": targets["num_items_in_batch"]}
+        labels, weights, normaliser = targets["labels"], targets["loss_weights"], targets["num_items_in_batch"]
+    results = {}
+    for name in ("fused", "reference"):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            if name == "fused":
+                loss = model(attention_mask=mask, **inputs).loss
+            else:
+                logits = model(input_ids=inputs["input_ids"], attention_mask=mask).logits.float()
+                positions = labels != -100
+                ce = F.cross_entropy(logits[positions], labels[positions], reduction="none")
+                if weights is not None:
+                    ce = ce * weights[positions]
+                loss = ce.sum() / (normaliser if normaliser is not None else positions.sum())
+        loss.backward()
+        results[name] = (loss.item(), model.lm_head.weight.grad.detach().float().clone())
+    (fused, grad_f), (reference, grad_r) = results["fused"], results["reference"]
+    return {"fused_loss": fused, "reference_loss": reference, "relative_loss_difference": abs(fused - reference) / abs(reference),
+            "relative_grad_difference": ((grad_f - grad_r).norm() / grad_r.norm()).item()}
+
+
+def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warmup: int = 5,
+                  modes=("autoregressive", "diffusion"), compile_variants=(False,), sampling: dict | None = None,
+                  output: str | Path | None = None) -> dict:
+    """Everything in one run: training throughput (Trainer and bare loop) for both objectives, the fused-loss
+    check, and sampling speed. Returns (and writes to `output`) a JSON-able dict."""
+    import transformers
+
+    from .trainer import build_tokenizer
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokenizer = build_tokenizer(config)
+    report = {"machine": device_name(device), "device": str(device), "torch": torch.__version__,
+              "transformers": transformers.__version__, "precision": config["training"]["mixed_precision"],
+              "batch_size": config["training"]["batch_size"], "sequence_length": config["data"]["block_size"],
+              "training": [], "loss_check": [], "sampling": []}
+    for mode in modes:
+        report["loss_check"].append({"mode": mode, **loss_agreement(config, tokenizer, mode, device)})
+        bare = benchmark_bare_loop(config, tokenizer, mode, device, steps, warmup)
+        for compiled in compile_variants:
+            variant = json.loads(json.dumps(config))
+            variant["training"]["torch_compile"] = compiled
+            row = benchmark_trainer(variant, tokenizer, mode, device, steps, warmup)
+            row.update(mode=mode, path="trainer", torch_compile=compiled,
+                       overhead_vs_bare_loop=row["median_step_s"] / bare["median_step_s"] - 1.0)
+            report["training"].append(row)
+        report["training"].append({**bare, "mode": mode, "path": "bare_loop", "torch_compile": False})
+    if sampling:
+        report["sampling"] = benchmark_sampling_for(config, tokenizer, device, **sampling)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def benchmark_sampling_for(config, tokenizer, device, batch_size=8, length=256, steps_list=(16, 32, 64, 256),
+                           confidence_threshold=0.9, repeats=3):
+    from .benchmark_sampling import benchmark_sampling
+    from .trainer import build_model
+
+    models = {}
+    for mode in ("diffusion", "autoregressive"):
+        variant = json.loads(json.dumps(config))
+        variant["model"]["training_mode"] = mode
+        models[mode] = build_model(variant, tokenizer).to(device).eval()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["training"]["mixed_precision"])
+    if dtype is not None and device.type == "cuda":
+        models = {k: v.to(dtype) for k, v in models.items()}
+    return benchmark_sampling(models["diffusion"], models["autoregressive"], batch_size=batch_size, length=length,
+                              steps_list=steps_list, confidence_threshold=confidence_threshold, repeats=repeats,
+                              device=device)
+
+
+def format_report(report: dict) -> str:
+    lines = [f"Machine: {report['machine']}  torch {report['torch']}  transformers {report['transformers']}  "
+             f"precision {report['precision']}  batch {report['batch_size']} x seq {report['sequence_length']}",
+             "", "| mode | path | compile | tokens/s | median step (ms) | peak mem (GB) | MFU | overhead vs bare |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in report["training"]:
+        mem = f"{row['peak_memory_gb']:.1f}" if row.get("peak_memory_gb") is not None else "-"
+        mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") else "-"
+        overhead = f"{100 * row['overhead_vs_bare_loop']:+.1f}%" if "overhead_vs_bare_loop" in row else "-"
+        lines.append(f"| {row['mode']} | {row['path']} | {row['torch_compile']} | {row['tokens_per_second']:,.0f} | "
+                     f"{1000 * row['median_step_s']:.1f} | {mem} | {mfu} | {overhead} |")
+    lines += ["", "| mode | fused loss | reference loss | rel. loss diff | rel. head-grad diff |", "|---|---|---|---|---|"]
+    for row in report["loss_check"]:
+        lines.append(f"| {row['mode']} | {row['fused_loss']:.5f} | {row['reference_loss']:.5f} | "
+                     f"{row['relative_loss_difference']:.2e} | {row['relative_grad_difference']:.2e} |")
+    if report["sampling"]:
+        keys = list(report["sampling"][0].keys())
+        lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        for row in report["sampling"]:
+            lines.append("| " + " | ".join(f"{v:,.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    return "\n".join(lines)
