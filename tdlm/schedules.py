@@ -132,7 +132,8 @@ def sample_times(
     low-discrepancy sampler), which lowers the variance of the batch-mean loss without bias.
     """
     t_low = max(float(schedule.time_for_mask_ratio(torch.tensor(min_mask_ratio))), time_epsilon)
-    t_high = float(schedule.time_for_mask_ratio(torch.tensor(max_mask_ratio)))
+    # t never passes 1 (loglinear reaches its largest ratio 1 - eps there; asking for more must not extend t)
+    t_high = min(float(schedule.time_for_mask_ratio(torch.tensor(max_mask_ratio))), 1.0)
     if t_high <= t_low:
         raise ValueError(f"mask ratio range [{min_mask_ratio}, {max_mask_ratio}] is empty after time_epsilon "
                          f"{time_epsilon}")
