@@ -1,0 +1,109 @@
+"""Evaluate one checkpoint end to end (likelihood + downstream tasks) into a JSON-ready dict."""
+
+import platform
+import time
+from pathlib import Path
+
+from .checkpoints import load_checkpoint
+
+
+def environment_info() -> dict:
+    """Package versions (and device) recorded with every result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    versions = {}
+    for package in ("torch", "transformers", "accelerate", "datasets", "lm_eval", "tokenizers", "numpy"):
+        try:
+            versions[package] = version(package.replace("_", "-"))
+        except PackageNotFoundError:
+            versions[package] = None
+    from .. import __version__
+
+    versions["tdlm"] = __version__
+    return {"python": platform.python_version(), "packages": versions,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
+def eval_blocks(tokenizer, block_size: int, eval_file=None, data_config: dict | None = None,
+                max_blocks: int | None = None):
+    """Token blocks of an eval text file (.txt/.raw/.jsonl), or of a config's `data` section (eval_files, or
+    hub_dataset + eval_split), tokenized with `tokenizer` by tdlm.data."""
+    from ..data import load_blocks
+
+    if eval_file is not None:
+        source = {"files": [str(eval_file)]}
+    elif data_config and data_config.get("eval_files"):
+        files = data_config["eval_files"]
+        source = {"files": [files] if isinstance(files, str) else list(files),
+                  "text_field": data_config.get("text_field", "text")}
+    elif data_config and data_config.get("hub_dataset") and data_config.get("eval_split"):
+        source = {"hub": data_config["hub_dataset"], "config": data_config.get("hub_config"),
+                  "split": data_config["eval_split"], "text_field": data_config.get("text_field", "text")}
+    else:
+        raise ValueError("no eval data: pass --eval-file or use a config whose data section has eval_files or "
+                         "hub_dataset + eval_split")
+    blocks = load_blocks(source, tokenizer, block_size)
+    return blocks[:max_blocks] if max_blocks is not None else blocks
+
+
+def evaluate_checkpoint(path, tasks=(), limit=None, mc_num: int = 128, seed: int = 0, likelihood: bool = False,
+                        eval_file=None, data_config=None, num_samples: int = 32, block_size: int | None = None,
+                        max_blocks: int | None = None, exact_ordered: bool = False, backend: str = "native",
+                        data_dir=None, batch_size: int = 32, device: str | None = None, model=None,
+                        tokenizer=None) -> dict:
+    """{"checkpoint", "training_mode", "num_parameters", "likelihood", "downstream", "settings", "environment"}.
+
+    backend "native" scores tasks with tdlm.evaluation.multiple_choice (no lm-eval); "lm-eval" runs the same
+    local tasks through lm-eval with the registered "tdlm" model.
+    """
+    from . import run_downstream
+    from .likelihood import ar_nll, diffusion_nelbo, diffusion_ordered_nll, is_diffusion
+
+    if model is None:
+        model, tokenizer = load_checkpoint(path, device)
+    result = {"checkpoint": str(path), "training_mode": model.config.training_mode,
+              "num_parameters": sum(p.numel() for p in model.parameters()),
+              "settings": {"tasks": list(tasks), "limit": limit, "mc_num": mc_num, "seed": seed,
+                           "nelbo_samples": num_samples, "backend": backend, "max_blocks": max_blocks},
+              "environment": environment_info()}
+    started = time.perf_counter()
+    if likelihood:
+        block_size = block_size or min(model.config.max_position_embeddings,
+                                       (data_config or {}).get("block_size") or model.config.max_position_embeddings)
+        blocks = eval_blocks(tokenizer, block_size, eval_file, data_config, max_blocks)
+        if is_diffusion(model):
+            result["likelihood"] = diffusion_nelbo(model, blocks, num_samples, seed, batch_size=batch_size,
+                                                   show_progress=True)
+            if exact_ordered:
+                result["likelihood"]["ordered"] = diffusion_ordered_nll(model, blocks, show_progress=True)
+        else:
+            result["likelihood"] = ar_nll(model, blocks, batch_size, show_progress=True)
+        result["likelihood"]["eval_data"] = str(eval_file) if eval_file else (data_config or {}).get("eval_files")
+    if tasks:
+        if backend == "lm-eval":
+            from .lm_eval_adapter import TDLMLM, evaluate_with_lm_eval
+
+            lm = TDLMLM(model=model, tokenizer=tokenizer, mc_num=mc_num, seed=seed, batch_size=batch_size)
+            raw = evaluate_with_lm_eval(lm, None, list(tasks), limit=limit, data_dir=data_dir, seed=seed)
+            result["downstream"] = {name.removeprefix("tdlm_"): {k.split(",")[0]: v for k, v in metrics.items()
+                                                                 if "," in k and "stderr" not in k}
+                                    for name, metrics in raw["results"].items()}
+        elif backend == "native":
+            result["downstream"] = run_downstream(model, tokenizer, list(tasks), limit=limit, mc_num=mc_num,
+                                                  seed=seed, data_dir=data_dir, batch_size=batch_size,
+                                                  show_progress=True)
+        else:
+            raise ValueError(f"unknown backend {backend!r}; expected 'native' or 'lm-eval'")
+    result["runtime_s"] = time.perf_counter() - started
+    return result
+
+
+def write_json(data: dict, path) -> Path:
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
