@@ -172,8 +172,8 @@ out = model.diffusion_generate(**prompt, max_new_tokens=32, num_steps=32)
 print(tokenizer.decode(out[0], skip_special_tokens=True))
 
 # unconditional samples; sampling options default to generation_config.json
-out = model.diffusion_generate(max_new_tokens=64, num_return_sequences=2, temperature=1.0, top_p=0.9,
-                               generator=torch.Generator().manual_seed(0))
+out = model.diffusion_generate(max_new_tokens=32, num_return_sequences=2, num_steps=16, temperature=1.0,
+                               top_k=50, generator=torch.Generator().manual_seed(0))
 print(tokenizer.batch_decode(out, skip_special_tokens=True))
 ```
 
