@@ -1,0 +1,93 @@
+"""Experiment configs: schema, overrides, validation messages, experiment folders."""
+
+from pathlib import Path
+
+import pytest
+
+from tdlm.experiment import (ConfigError, Experiment, list_checkpoints, load_config, resolve_checkpoint,
+                             save_config)
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = ["example_config", "quick_test", "quick_test_ar", "wikitext2_offline"]
+BASE = ["model.tokenizer=gpt2", "data.train_files=x.txt"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_validate(name):
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    assert config["data"]["block_size"] >= 16
+    assert config["model"]["training_mode"] == ("autoregressive" if name.endswith("_ar") else "diffusion")
+
+
+def test_example_config_is_the_7m_gpu_recipe():
+    config = load_config(REPO / "configs" / "example_config.yaml")
+    assert config["training"]["batch_size"] == 256 and config["data"]["block_size"] == 256
+    assert config["training"]["mixed_precision"] == "bf16"
+    assert (config["model"]["hidden_size"], config["model"]["num_hidden_layers"]) == (128, 3)
+
+
+def test_overrides_parse_yaml_values():
+    config = load_config(None, BASE + ["training.learning_rate=3e-4", "monitoring.wandb.enabled=true",
+                                       "training.max_steps=12", "monitoring.wandb.tags=[a, b]"])
+    assert config["training"]["learning_rate"] == pytest.approx(3e-4)
+    assert isinstance(config["training"]["learning_rate"], float)
+    assert config["monitoring"]["wandb"]["enabled"] is True and config["monitoring"]["wandb"]["tags"] == ["a", "b"]
+    assert config["training"]["max_steps"] == 12
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.learnig_rate=3e-4", "training.learnig_rate: unknown key"),
+    ("trainig.learning_rate=3e-4", "trainig: unknown section"),
+    ("monitoring.wandb.entity=me", "monitoring.wandb.entity: unknown key"),
+    ("training.mixed_precision=fp8", "training.mixed_precision"),
+    ("training.batch_size=0", "training.batch_size: must be >= 1"),
+    ("training.batch_size=many", "training.batch_size: expected int"),
+    ("training.learning_rate=-1", "training.learning_rate: must be > 0"),
+    ("diffusion.min_mask_ratio=1.0", "diffusion.min_mask_ratio"),
+    ("model.num_attention_heads=3", "model.num_attention_heads"),
+    ("model.training_mode=gan", "model.training_mode"),
+    ("diffusion.noise_schedule=sqrt", "diffusion.noise_schedule"),
+    ("training.cleanup_checkpoints=3", "training.cleanup_checkpoints: expected bool"),
+    ("model.max_position_embeddings=8", "model.max_position_embeddings"),
+])
+def test_bad_keys_and_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(None, BASE + [override])
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: {tokenizer: gpt2}\ndata: {train_files: a.txt}\ntraining:\n  learnig_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"training\.learnig_rate: unknown key"):
+        load_config(path)
+
+
+def test_data_source_required():
+    with pytest.raises(ConfigError, match=r"data\.train_files"):
+        load_config(None, ["model.tokenizer=gpt2"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(REPO / "configs" / "quick_test.yaml", ["training.learning_rate=1e-3"])
+    save_config(config, tmp_path / "configs" / "config.yaml")
+    assert load_config(tmp_path / "configs" / "config.yaml") == config
+
+
+def test_experiment_folder_and_latest_checkpoint(tmp_path):
+    experiment = Experiment(tmp_path / "exp1").create()
+    for name in ("configs", "checkpoints", "logs", "results"):
+        assert (tmp_path / "exp1" / name).is_dir()
+    for step in (5, 10, 20):
+        folder = experiment.checkpoints_dir / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        if step != 20:  # checkpoint-20 is incomplete (no trainer_state.json): never "latest"
+            (folder / "trainer_state.json").write_text("{}")
+    (experiment.checkpoints_dir / ".tmp-30").mkdir()
+    assert [p.name for p in list_checkpoints(experiment.checkpoints_dir)] == ["checkpoint-5", "checkpoint-10"]
+    checkpoint, found = resolve_checkpoint(experiment.root)
+    assert checkpoint.name == "checkpoint-10" and found.root == experiment.root
+    checkpoint, found = resolve_checkpoint(experiment.checkpoints_dir / "checkpoint-5")
+    assert checkpoint.name == "checkpoint-5" and found.root == experiment.root
+    with pytest.raises(FileNotFoundError, match="missing"):
+        resolve_checkpoint(tmp_path / "missing")
