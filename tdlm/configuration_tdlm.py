@@ -100,6 +100,18 @@ class TDLMConfig(PretrainedConfig):
         )
         self._validate()
 
+    def to_dict(self):
+        # AutoModel follows training_mode even when it was changed after construction (for example
+        # `from_pretrained(diffusion_ckpt, training_mode="autoregressive")`), so a saved checkpoint never
+        # points AutoModel at the head class that rejects its own config.
+        output = super().to_dict()
+        auto_map = output.get("auto_map")
+        if auto_map and "AutoModel" in auto_map:
+            module = auto_map["AutoModel"].rpartition(".")[0]
+            main_class = "TDLMForMaskedDiffusion" if self.training_mode == "diffusion" else "TDLMForCausalLM"
+            output["auto_map"] = {**auto_map, "AutoModel": f"{module}.{main_class}"}
+        return output
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads

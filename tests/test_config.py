@@ -1,5 +1,7 @@
 """TDLMConfig: the default 7.0M-parameter shape, tied embeddings, special ids and validation errors."""
 
+import json
+
 import pytest
 
 from tdlm import TDLMConfig, TDLMForCausalLM, TDLMForMaskedDiffusion, model_class_for
@@ -28,6 +30,17 @@ def test_auto_map_and_model_class_follow_training_mode():
     assert model_class_for(causal) is TDLMForCausalLM
     with pytest.raises(ValueError, match="training_mode"):
         TDLMForCausalLM(diffusion)
+
+
+def test_saved_auto_model_follows_a_changed_training_mode(tmp_path):
+    diffusion = TDLMConfig(vocab_size=64, mask_token_id=63, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    diffusion.save_pretrained(tmp_path / "diffusion")
+    causal = TDLMConfig.from_pretrained(tmp_path / "diffusion", training_mode="autoregressive")
+    causal.save_pretrained(tmp_path / "causal")
+    saved = json.loads((tmp_path / "causal" / "config.json").read_text())
+    assert saved["training_mode"] == "autoregressive"
+    assert saved["auto_map"]["AutoModel"] == "modeling_tdlm.TDLMForCausalLM"
+    assert saved["auto_map"]["AutoModelForMaskedLM"] == "modeling_tdlm.TDLMForMaskedDiffusion"
 
 
 @pytest.mark.parametrize(
