@@ -490,7 +490,7 @@ def format_summary(summary: dict) -> str:
 
 
 def run_training(config: dict, experiment_id: str | None = None, output_dir: str = "experiments",
-                 resume: str | None = None, config_overridden: bool = False) -> dict:
+                 resume: str | None = None, callbacks=()) -> dict:
     """Train (or resume) an experiment described by a validated config; returns results/summary.json's dict."""
     from transformers import set_seed
 
@@ -516,7 +516,7 @@ def run_training(config: dict, experiment_id: str | None = None, output_dir: str
         data_collator=collator, processing_class=tokenizer,
         callbacks=[CheckpointScheduleCallback(t["save_every_n_steps"], t["save_every_n_epochs"], t["eval_steps"],
                                               evaluation is not None),
-                   MetricsJsonlCallback(experiment.metrics_path)],
+                   MetricsJsonlCallback(experiment.metrics_path), *callbacks],
         detailed_metrics_steps=t["detailed_metrics_steps"], attention_analysis_steps=t["attention_analysis_steps"],
         cleanup_checkpoints=t["cleanup_checkpoints"])
     start = time.perf_counter()
