@@ -195,15 +195,17 @@ print(generator("The history of the city", max_new_tokens=32)[0]["generated_text
 ```'''
 
 
-def model_card(checkpoint, repo_id: str | None = None, license: str = DEFAULT_LICENSE) -> str:
+def model_card(checkpoint, repo_id: str | None = None, license: str = DEFAULT_LICENSE,
+               experiment_dir=None, base_model: str | None = None) -> str:
     """README.md for a checkpoint folder: YAML metadata, model description, usage, training config
-    and the experiment's evaluation results (when it lives inside an experiment folder)."""
+    and the experiment's evaluation results (`experiment_dir` defaults to the experiment holding the
+    checkpoint). `base_model`: the model a merged LoRA fine-tune started from."""
     from huggingface_hub import ModelCardData
 
     checkpoint = Path(checkpoint)
     config = load_json(checkpoint / "config.json")
     mode = config.get("training_mode", "diffusion")
-    experiment_dir = experiment_dir_of(checkpoint)
+    experiment_dir = Path(experiment_dir) if experiment_dir is not None else experiment_dir_of(checkpoint)
     training_config = load_training_config(experiment_dir)
     results = load_results(experiment_dir)
     repo_id = repo_id or checkpoint.resolve().name
@@ -211,6 +213,8 @@ def model_card(checkpoint, repo_id: str | None = None, license: str = DEFAULT_LI
     metadata = ModelCardData(
         library_name="transformers", license=license, pipeline_tag="text-generation",
         tags=["tdlm", mode, "masked-diffusion", "text-generation"], datasets=datasets or None,
+        # the Hub validates base_model against its repositories: only a Hub id goes in the metadata
+        base_model=base_model if base_model and not Path(base_model).exists() else None,
     )
     num_parameters = results.get("summary", {}).get("num_parameters")
     objective = ("a masked (absorbing-state) discrete diffusion language model: bidirectional attention, "
@@ -240,6 +244,8 @@ def model_card(checkpoint, repo_id: str | None = None, license: str = DEFAULT_LI
         lines.append(f"- noise schedule: `{config.get('noise_schedule')}`, mask token id {config.get('mask_token_id')}")
     if datasets:
         lines.append(f"- training data: {', '.join(datasets)}")
+    if base_model:
+        lines.append(f"- LoRA fine-tune of `{base_model}`, adapter merged into the weights")
     lines += ["", "## Usage", "", usage_snippet(repo_id, mode), "",
               "## Evaluation results", "", _results_markdown(results), "",
               "## Training configuration", "", config_block, ""]
@@ -250,10 +256,7 @@ def model_card(checkpoint, repo_id: str | None = None, license: str = DEFAULT_LI
 # Upload set and push
 # ---------------------------------------------------------------------------------------------
 def model_files(checkpoint: Path) -> list[Path]:
-    """The files of a checkpoint folder that are published; fails when the folder is not self-sufficient."""
-    if (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").is_file():
-        raise ValueError(f"{checkpoint} holds a LoRA adapter, not a full model; merge it first "
-                         f"(scripts/merge_lora.py {checkpoint} OUTPUT_DIR) and publish the merged folder")
+    """The files of a model folder that are published; fails when the folder is not self-sufficient."""
     missing = [name for name in REQUIRED_FILES if not (checkpoint / name).is_file()]
     if not any(checkpoint.glob("model*.safetensors")):
         missing.append("model.safetensors")
@@ -263,13 +266,27 @@ def model_files(checkpoint: Path) -> list[Path]:
 
 
 def prepare_hub_folder(path, output_dir, repo_id: str | None = None, license: str = DEFAULT_LICENSE) -> Path:
-    """Write the exact upload set for `path` (experiment or checkpoint) into `output_dir`."""
+    """Write the exact upload set for `path` (experiment or checkpoint) into `output_dir`.
+
+    A LoRA adapter checkpoint (adapter_config.json, no config.json) is merged into its base model first,
+    so what is published is always a full model that loads without PEFT.
+    """
     checkpoint = resolve_checkpoint(path)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for file in model_files(checkpoint):
-        shutil.copy2(file, output_dir / file.name)
-    (output_dir / "README.md").write_text(model_card(checkpoint, repo_id=repo_id, license=license))
+    experiment_dir, base_model = experiment_dir_of(checkpoint), None
+    with tempfile.TemporaryDirectory(prefix="tdlm-merge-") as merge_dir:
+        if not (checkpoint / "config.json").is_file():
+            from .peft_utils import merge_adapter
+
+            base_model = load_json(checkpoint / "adapter_config.json").get("base_model_name_or_path")
+            logger.info("merging the LoRA adapter %s into its base model %s before publishing", checkpoint, base_model)
+            checkpoint = merge_adapter(checkpoint, Path(merge_dir) / "merged")
+        for file in model_files(checkpoint):
+            shutil.copy2(file, output_dir / file.name)
+        card = model_card(checkpoint, repo_id=repo_id, license=license, experiment_dir=experiment_dir,
+                          base_model=base_model)
+    (output_dir / "README.md").write_text(card)
     return output_dir
 
 

@@ -49,6 +49,16 @@ def resolve_base_model(base_model: str) -> str:
     return base_model
 
 
+def load_base_model(base_model: str, **kwargs):
+    """The pretrained TDLM a LoRA run starts from (experiment folder, checkpoint folder or Hub id), as the
+    in-package class matching its training_mode. kwargs go to from_pretrained (e.g. dtype)."""
+    from .configuration_tdlm import TDLMConfig
+    from . import model_class_for
+
+    path = resolve_base_model(base_model)
+    return model_class_for(TDLMConfig.from_pretrained(path)).from_pretrained(path, **kwargs)
+
+
 def apply_lora(model, peft_section: dict):
     """Wrap `model` (a TDLM loaded from `peft_section["base_model"]`) in a LoRA `PeftModel`.
 

@@ -209,3 +209,37 @@ def test_token_reaches_the_client_but_is_never_printed_or_logged(tmp_path, fake_
         assert FAKE_TOKEN not in text  # ... but never the token
     uploaded = fake_hub["root"] / "someone" / "tdlm-token" / "main"
     assert all(FAKE_TOKEN not in p.read_text(errors="ignore") for p in uploaded.iterdir())
+
+
+def test_push_of_a_lora_checkpoint_publishes_the_merged_model(tmp_path, fake_hub):
+    """A peft run's checkpoint holds only an adapter: it is merged into its base before the upload."""
+    from tdlm.peft_utils import apply_lora, load_base_model
+
+    base_experiment = make_experiment(tmp_path / "base", mode="diffusion")
+    peft_model = apply_lora(load_base_model(str(base_experiment)), {"r": 2, "base_model": str(base_experiment)})
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+    finetune = make_experiment(tmp_path / "finetune", mode="diffusion", steps=(5,))
+    adapter_checkpoint = finetune / "checkpoints" / "checkpoint-5"
+    for file in adapter_checkpoint.iterdir():
+        if file.name.startswith(("model", "config", "generation")) or file.suffix == ".py":
+            file.unlink()  # what the trainer leaves for a peft run: adapter + tokenizer
+    peft_model.save_pretrained(adapter_checkpoint)
+
+    hub.push_to_hub(finetune, "someone/tdlm-lora")
+    uploaded = fake_hub["root"] / "someone" / "tdlm-lora" / "main"
+    assert {p.name for p in uploaded.iterdir()} == EXPECTED_FILES
+    metadata, text = read_card_metadata(uploaded / "README.md")
+    assert "base_model" not in metadata  # a local base is named in the text only
+    assert "LoRA fine-tune of" in text and "| best_eval_loss | 4.321 |" in text
+
+    import tdlm
+
+    published = tdlm.TDLMForMaskedDiffusion.from_pretrained(uploaded).eval()
+    input_ids = torch.randint(0, 50000, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = peft_model.eval()(input_ids=input_ids).logits, published(input_ids=input_ids).logits
+    finite = torch.isfinite(expected)
+    assert (expected[finite] - got[finite]).abs().max() < 1e-5
