@@ -100,6 +100,13 @@ class TDLMConfig(PretrainedConfig):
         )
         self._validate()
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # from_pretrained(..., field=value) sets overrides after __init__: validate the result again
+        result = super().from_dict(config_dict, **kwargs)
+        (result[0] if isinstance(result, tuple) else result)._validate()
+        return result
+
     def to_dict(self):
         # AutoModel follows training_mode even when it was changed after construction (for example
         # `from_pretrained(diffusion_ckpt, training_mode="autoregressive")`), so a saved checkpoint never

@@ -41,6 +41,12 @@ def test_saved_auto_model_follows_a_changed_training_mode(tmp_path):
     assert saved["training_mode"] == "autoregressive"
     assert saved["auto_map"]["AutoModel"] == "modeling_tdlm.TDLMForCausalLM"
     assert saved["auto_map"]["AutoModelForMaskedLM"] == "modeling_tdlm.TDLMForMaskedDiffusion"
+    # overrides given to from_pretrained are validated like constructor arguments
+    with pytest.raises(ValueError, match=r"TDLMConfig\.min_mask_ratio"):
+        TDLMConfig.from_pretrained(tmp_path / "diffusion", min_mask_ratio=0.9, max_mask_ratio=0.1)
+    config, unused = TDLMConfig.from_pretrained(tmp_path / "diffusion", noise_schedule="cosine", foo=1,
+                                                return_unused_kwargs=True)
+    assert config.noise_schedule == "cosine" and unused == {"foo": 1}
 
 
 @pytest.mark.parametrize(
