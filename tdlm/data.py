@@ -9,6 +9,7 @@ source (path, size, mtime), the tokenizer's vocabulary and the block size.
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -142,7 +143,7 @@ def load_blocks(source: dict, tokenizer, block_size: int, cache_dir: str | Path 
     blocks = pack_blocks(ids, block_size, name)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{id(blocks)}")
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")  # each process writes its own, then renames
         torch.save(blocks, tmp)
         tmp.replace(cache_file)
     return blocks

@@ -428,6 +428,8 @@ def training_arguments(config: dict, experiment: Experiment, **extra) -> Trainin
         dataloader_drop_last=True, remove_unused_columns=False, prediction_loss_only=True,
         report_to=["wandb"] if wandb["enabled"] else "none", run_name=experiment.experiment_id,
         ddp_find_unused_parameters=False, save_only_model=False,
+        # without a GPU, multi-process runs (torchrun / accelerate launch) need accelerate's CPU (gloo) mode
+        use_cpu=not torch.cuda.is_available(),
     )
     kwargs.update(extra)
     return TrainingArguments(**kwargs)
