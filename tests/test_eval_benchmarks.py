@@ -77,22 +77,25 @@ def _lm_eval_lls(results, task):
 
 @pytest.mark.slow
 def test_ar_scores_equal_lm_eval_hf_backend(ar_checkpoint):
-    """Cross-check: HellaSwag and MMLU (0- and 5-shot, with left truncation at 256 tokens) per-choice
+    """Cross-check: HellaSwag, MMLU (0- and 5-shot, with left truncation at 256 tokens) and LAMBADA per-choice
     log-likelihoods and accuracies from our scorer equal lm-eval's stock `hf` backend on the same tasks."""
     from tdlm.evaluation.lm_eval_adapter import evaluate_with_lm_eval
 
     folder, model, tokenizer = ar_checkpoint
-    tasks = ["hellaswag", "mmlu_anatomy", "mmlu_5shot_anatomy"]
+    tasks = ["hellaswag", "mmlu_anatomy", "mmlu_5shot_anatomy", "lambada"]
     reference = evaluate_with_lm_eval("hf", {"pretrained": str(folder), "trust_remote_code": True}, tasks,
                                       limit=10, log_samples=True, device="cpu")
     for task in tasks:
         ours = score_docs(model, tokenizer, load_task(task, limit=10)[task])
         theirs = reference["results"][f"tdlm_{task}"]
         assert ours["num_docs"] == theirs["sample_len"] == 10
-        torch.testing.assert_close(torch.tensor(ours["loglikelihoods"], dtype=torch.float64),
-                                   torch.tensor(_lm_eval_lls(reference, f"tdlm_{task}"), dtype=torch.float64),
-                                   rtol=1e-5, atol=1e-4)
+        theirs_lls = _lm_eval_lls(reference, f"tdlm_{task}")
+        ours_lls = [[ll] for ll in ours["loglikelihoods"]] if task == "lambada" else ours["loglikelihoods"]
+        torch.testing.assert_close(torch.tensor(ours_lls, dtype=torch.float64),
+                                   torch.tensor(theirs_lls, dtype=torch.float64), rtol=1e-5, atol=1e-4)
         assert ours["acc"] == theirs["acc,none"]
+        if task == "lambada":
+            assert ours["perplexity"] == pytest.approx(theirs["perplexity,none"], rel=1e-4)
         if "acc_norm,none" in theirs:
             assert ours["acc_norm"] == theirs["acc_norm,none"]
 

@@ -18,7 +18,7 @@ def load_checkpoint(path, device: str | None = None):
     config = TDLMConfig.from_pretrained(path)
     model = model_class_for(config).from_pretrained(path)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    tokenizer = load_tokenizer(str(path))
+    tokenizer = load_tokenizer(str(path), trust_remote_code=True)
     check_tokenizer_matches(tokenizer, config)
     return model, tokenizer
 

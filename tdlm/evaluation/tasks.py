@@ -240,7 +240,7 @@ def write_lm_eval_tasks(output_dir, tasks=TASK_NAMES, data_dir=None) -> list[str
             write_rows(path, [{"context": d.context, "choices": d.choices, "gold": d.gold} for d in docs])
             extra = {}
             if task == "lambada":
-                extra = {"output_type": "loglikelihood", "doc_to_target": "{{choices[0]}}", "doc_to_choice": None,
+                extra = {"output_type": "loglikelihood", "doc_to_target": "{{' ' + choices[0]}}", "doc_to_choice": None,
                          "metric_list": [{"metric": "perplexity", "aggregation": "perplexity",
                                           "higher_is_better": False},
                                          {"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
