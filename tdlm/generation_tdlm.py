@@ -118,24 +118,26 @@ def propose_tokens(logits, config: DiffusionGenerationConfig, generator=None):
 
     Confidence is larger for positions to commit first: p(proposal) for "low_confidence", top-1 minus
     top-2 probability for "margin", minus the entropy for "entropy", uniform noise for "random".
+    Probabilities are exp(logit - logsumexp): only "entropy" materialises the [N, V] softmax.
     """
     logits = _filter_logits(logits.float(), config.top_k, config.top_p)
-    probs = logits.softmax(-1)
     if config.temperature:
         uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-300, 1.0 - 1e-16)))
         tokens = (logits.double() / config.temperature + gumbel).argmax(-1)
     else:
         tokens = logits.argmax(-1)
+    if config.remasking == "random":
+        return tokens, torch.rand(tokens.shape, generator=generator, device=logits.device)
+    log_normaliser = logits.logsumexp(-1)
     if config.remasking == "low_confidence":
-        confidence = probs.gather(-1, tokens[:, None]).squeeze(-1)
+        confidence = (logits.gather(-1, tokens[:, None]).squeeze(-1) - log_normaliser).exp()
     elif config.remasking == "margin":
-        top2 = probs.topk(2, dim=-1).values
+        top2 = (logits.topk(2, dim=-1).values - log_normaliser[:, None]).exp()
         confidence = top2[:, 0] - top2[:, 1]
-    elif config.remasking == "entropy":
-        confidence = (probs * probs.clamp_min(1e-30).log()).sum(-1)  # minus the entropy
     else:
-        confidence = torch.rand(tokens.shape, generator=generator, device=logits.device)
+        probs = logits.softmax(-1)
+        confidence = (probs * probs.clamp_min(1e-30).log()).sum(-1)  # minus the entropy
     return tokens, confidence.float()
 
 

@@ -283,3 +283,24 @@ def test_saved_checkpoint_samples_through_trust_remote_code_alone(tmp_path):
     line = [l for l in result.stdout.splitlines() if l.startswith("SEQ")][0]
     assert line.split("CALLS")[0].strip() == f"SEQ {expected.tolist()}"
     assert int(line.split("CALLS")[1]) <= 5
+
+
+def test_benchmark_sampling_rows_report_generated_tokens_and_calls():
+    from tdlm import TDLMForCausalLM
+    from tdlm.benchmark_sampling import benchmark_sampling, format_table
+
+    diffusion = tiny_model()
+    torch.manual_seed(0)
+    ar = TDLMForCausalLM(TDLMConfig(**{**tiny_model().config.to_diff_dict(), "training_mode": "autoregressive"}))
+    rows = benchmark_sampling(diffusion, ar, batch_size=2, length=16, steps_list=(1, 4), confidence_threshold=0.0,
+                              repeats=1, device="cpu")
+    assert [(r["method"], r["num_steps"]) for r in rows] == [
+        ("diffusion", 1), ("diffusion", 4), ("diffusion+threshold", 1), ("diffusion+threshold", 4),
+        ("autoregressive", None)]
+    calls = {(r["method"], r["num_steps"]): r["model_calls"] for r in rows}
+    assert calls[("diffusion", 1)] == 1 and 1 <= calls[("diffusion", 4)] <= 4
+    assert calls[("diffusion+threshold", 4)] == 1  # threshold 0: every proposal is above it
+    assert calls[("autoregressive", None)] == 16
+    for r in rows:
+        assert r["tokens_per_second"] == pytest.approx(2 * 16 / r["wall_time_s"])
+    assert format_table(rows).count("\n") == len(rows) + 1
