@@ -13,10 +13,12 @@ Data layout (default `../shared/data` relative to the repository root, or any fo
 
 import csv
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA_DIR_ENV = "TDLM_DATA_DIR"  # overrides the default (e.g. on a machine where shared/ sits inside the repo)
 
 MMLU_SUBJECTS = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",
@@ -52,10 +54,15 @@ class Doc:
 
 
 def resolve_data_dir(data_dir=None) -> Path:
-    path = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-    if not path.is_dir():
-        raise FileNotFoundError(f"benchmark data folder not found: {path} (pass --data-dir)")
-    return path
+    """`data_dir`, else $TDLM_DATA_DIR, else ../shared/data next to the repository, else ./shared/data in it."""
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        data_dir = os.environ[DATA_DIR_ENV]
+    candidates = [Path(data_dir)] if data_dir is not None else [DEFAULT_DATA_DIR,
+                                                               Path(__file__).resolve().parents[2] / "shared" / "data"]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(f"benchmark data folder not found: {candidates[0]} (pass --data-dir or set {DATA_DIR_ENV})")
 
 
 def _read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
