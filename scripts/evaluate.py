@@ -18,7 +18,9 @@ def main(argv=None):
     from tdlm.evaluation.tasks import TASK_NAMES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint folder (config.json with training_mode + tokenizer)")
+    parser.add_argument("--write-lm-eval-tasks", metavar="DIR", default=None,
+                        help="only write the local lm-eval task YAMLs for --tasks to DIR (for lm_eval --include_path)")
+    parser.add_argument("--model", help="checkpoint folder (config.json with training_mode + tokenizer)")
     parser.add_argument("--tasks", default="", help=f"comma-separated: {', '.join(TASK_NAMES)}, mmlu_<subject>, "
                                                     "mmlu_5shot_<subject>")
     parser.add_argument("--limit", type=int, default=None, help="documents per (sub)task")
@@ -36,9 +38,19 @@ def main(argv=None):
     parser.add_argument("--device", default=None)
     parser.add_argument("--output", default=None, help="results JSON path")
     args = parser.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.write_lm_eval_tasks:
+        from tdlm.evaluation.tasks import lm_eval_task_names, write_lm_eval_tasks
+
+        families, names = lm_eval_task_names(tasks or ["hellaswag", "mmlu", "mmlu_5shot", "arc_easy",
+                                                       "arc_challenge", "piqa", "boolq", "lambada"])
+        write_lm_eval_tasks(args.write_lm_eval_tasks, families, args.data_dir)
+        print(f"wrote lm-eval tasks to {args.write_lm_eval_tasks}: {', '.join(names)}")
+        return names
+    if not args.model:
+        parser.error("--model is required")
     if args.likelihood and not args.eval_file:
         parser.error("--likelihood needs --eval-file")
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks and not args.likelihood:
         parser.error("nothing to do: give --tasks and/or --likelihood")
     result = evaluate_checkpoint(args.model, tasks, args.limit, args.mc_num, args.seed, args.likelihood,
