@@ -89,7 +89,8 @@ SCHEMA = {
         "include_downstream": (False, (bool,)),
         "max_eval_batches": (None, (int, None)),
         "tasks": ([], (list,)),
-        "limit": (None, (int, None)),
+        "limit": (None, (int, None)),  # documents per task
+        "mc_num": (128, (int,)),  # Monte-Carlo samples per diffusion log-likelihood
     },
     "monitoring": {
         "wandb": ({"enabled": False, "project": "tdlm", "tags": []}, (dict,)),
@@ -251,6 +252,8 @@ def validate_config(config: dict) -> dict:
         fail("model.tokenizer", "set a tokenizer folder/name, or a model.train_bpe block")
     if m["tokenizer"] is not None and m["train_bpe"] is not None:
         fail("model.train_bpe", "set either model.tokenizer or model.train_bpe, not both")
+    if m["train_bpe"] is not None and (m["init_from"] is not None or config["peft"]["enabled"]):
+        fail("model.train_bpe", "a pretrained start (model.init_from / peft.base_model) brings its own tokenizer")
     if m["train_bpe"] is not None:
         unknown = set(m["train_bpe"]) - {"files", "vocab_size", "min_frequency"}
         if unknown:

@@ -55,7 +55,7 @@ class DiffusionTrainer(Trainer):
     def __init__(self, *args, detailed_metrics_steps=None, attention_analysis_steps=None,
                  cleanup_checkpoints=False, **kwargs):
         super().__init__(*args, **kwargs)
-        config = self.accelerator.unwrap_model(self.model).config
+        config = self.model_config = self.accelerator.unwrap_model(self.model).config
         self.is_diffusion = config.training_mode == "diffusion"
         self.schedule = get_noise_schedule(config.noise_schedule) if self.is_diffusion else None
         self.detailed_metrics_steps = detailed_metrics_steps
@@ -100,7 +100,7 @@ class DiffusionTrainer(Trainer):
         micro-batch takes its own rows, so 1 process x 8 rows, 2 processes x 4 rows and 4 rows x 2
         accumulation steps corrupt the same rows identically (same t, same masks)."""
         input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
-        config = self.accelerator.unwrap_model(self.model).config
+        config = self.model_config
         world, rank = self.args.world_size, self.args.process_index
         if training:
             step, micro = self._micro_step
@@ -353,13 +353,24 @@ def build_tokenizer(config: dict, checkpoint: Path | None = None):
 
     model = config["model"]
     if checkpoint is not None:
-        return load_tokenizer(str(checkpoint))
+        return load_tokenizer(str(checkpoint), trust_remote_code=True)
+    if model["tokenizer"] is None and _pretrained_source(config) is not None:
+        return load_tokenizer(_pretrained_source(config), trust_remote_code=True)
     if model["train_bpe"] is not None:
         spec = model["train_bpe"]
         return train_bpe_tokenizer(spec["files"], vocab_size=spec.get("vocab_size", 1024),
                                    min_frequency=spec.get("min_frequency", 2))
-    source = model["tokenizer"] or model["init_from"] or config["peft"]["base_model"]
+    source = model["tokenizer"] or _pretrained_source(config)
     return load_tokenizer(source)
+
+
+def _pretrained_source(config: dict) -> str | None:
+    """The model folder a run starts from (peft.base_model or model.init_from); an experiment folder means
+    its latest checkpoint; a name that is not a local path is kept (a Hub id)."""
+    source = config["peft"]["base_model"] if config["peft"]["enabled"] else config["model"]["init_from"]
+    if source is not None and Path(source).exists():
+        return str(resolve_checkpoint(source)[0])
+    return source
 
 
 def build_model(config: dict, tokenizer):
@@ -370,7 +381,7 @@ def build_model(config: dict, tokenizer):
     from .tokenization import check_tokenizer_matches, config_kwargs_for_tokenizer
 
     m, d = config["model"], config["diffusion"]
-    pretrained = config["peft"]["base_model"] if config["peft"]["enabled"] else m["init_from"]
+    pretrained = _pretrained_source(config)
     if pretrained:
         model_config = TDLMConfig.from_pretrained(pretrained)
         model = model_class_for(model_config).from_pretrained(pretrained)
@@ -547,7 +558,7 @@ def run_evaluation(config: dict | None, resume: str, output_dir: str = "experime
     if experiment is None:
         experiment = Experiment(Path(output_dir) / f"eval_{checkpoint.name}")
     experiment.create()
-    tokenizer = load_tokenizer(str(checkpoint))
+    tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=True)
     model_config = TDLMConfig.from_pretrained(checkpoint)
     location = config["training"]["checkpoint_map_location"]
     device = ("cuda" if torch.cuda.is_available() else "cpu") if location == "auto" else location
@@ -568,7 +579,7 @@ def run_evaluation(config: dict | None, resume: str, output_dir: str = "experime
     if e["include_downstream"]:
         from .evaluation import run_downstream
 
-        results["downstream"] = run_downstream(model, tokenizer, e["tasks"], limit=e["limit"])
+        results["downstream"] = run_downstream(model, tokenizer, e["tasks"], limit=e["limit"], mc_num=e["mc_num"])
     if trainer.is_world_process_zero():
         path = experiment.results_dir / f"eval_{checkpoint.name}.json"
         path.write_text(json.dumps(results, indent=2))

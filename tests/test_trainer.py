@@ -142,6 +142,7 @@ def finished(corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("experiments")
     config = tiny_config(corpus, "training.max_steps=8", "training.save_every_n_steps=2",
                          "training.cleanup_checkpoints=true", "training.logging_steps=2",
+                         "model.max_position_embeddings=256",
                          "training.detailed_metrics_steps=4", "training.attention_analysis_steps=4")
     summary = run_training(config, "full", str(root))
     return root / "full", summary
@@ -262,3 +263,35 @@ def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_
     b = TDLMForMaskedDiffusion.from_pretrained(tmp_path / "two" / "checkpoints" / "checkpoint-4")
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-5), name
+
+
+def test_lora_fine_tuning_from_an_experiment(finished, corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from tdlm.peft_utils import merge_adapter
+
+    experiment, _ = finished
+    base = TDLMForMaskedDiffusion.from_pretrained(experiment / "checkpoints" / "checkpoint-8")
+    config = tiny_config(corpus, "peft.enabled=true", f"peft.base_model={experiment}", "peft.r=2",
+                         "model.train_bpe=null", "training.max_steps=3", "training.save_every_n_steps=null")
+    run_training(config, "lora", str(tmp_path))
+    checkpoint = tmp_path / "lora" / "checkpoints" / "checkpoint-3"
+    assert (checkpoint / "adapter_config.json").is_file() and (checkpoint / "tokenizer_config.json").is_file()
+    adapter = load_file(checkpoint / "adapter_model.safetensors")
+    assert adapter and all("lora_" in name for name in adapter)
+    merged = TDLMForMaskedDiffusion.from_pretrained(merge_adapter(checkpoint, tmp_path / "merged"))
+    changed = [n for (n, p), q in zip(merged.named_parameters(), base.parameters()) if not torch.equal(p, q)]
+    assert changed and all("proj" in n for n in changed)  # only LoRA-targeted projections moved
+
+
+def test_eval_only_with_downstream_tasks(finished):
+    experiment, _ = finished
+    checkpoint = experiment / "checkpoints" / "checkpoint-8"
+    config = load_config(experiment / "configs" / "config.yaml",
+                         ["enhanced_evaluation.include_downstream=true", "enhanced_evaluation.tasks=[arc_easy]",
+                          "enhanced_evaluation.limit=4", "enhanced_evaluation.mc_num=2"])
+    results = run_evaluation(config, str(checkpoint))
+    arc = results["downstream"]["arc_easy"]
+    assert arc["num_docs"] == 4 and 0.0 <= arc["acc"] <= 1.0
+    saved = json.loads((experiment / "results" / "eval_checkpoint-8.json").read_text())
+    assert saved["downstream"]["arc_easy"] == arc
