@@ -185,6 +185,7 @@ class DiffusionTrainer(Trainer):
         if self._tokens_per_step is None:
             self._tokens_per_step = (model_inputs["input_ids"].numel() * self.args.gradient_accumulation_steps
                                      * self.args.world_size)
+            self._last_train_log = (time.perf_counter(), self.state.global_step)
         first_micro = self._micro_step[1] <= 1 if self.is_diffusion else True
         labels = model_inputs["labels"]
         if self._is_due(self.args.logging_steps, step) or (step == 1 and self.args.logging_first_step):
@@ -497,7 +498,7 @@ def format_summary(summary: dict) -> str:
              f"  parameters {summary['num_parameters']:,}, train tokens {summary['train_tokens']:,}"]
     if best is not None:
         lines.append(f"  best eval loss {best:.4f} (perplexity bound {math.exp(min(best, 700)):.2f}) at epoch "
-                     f"{summary['best_epoch']}: {summary['best_checkpoint']}")
+                     f"{summary['best_epoch'] or 0:.2f}: {summary['best_checkpoint']}")
     lines.append(f"  final checkpoint: {summary['final_checkpoint']}")
     return "\n".join(lines)
 
@@ -520,6 +521,8 @@ def run_training(config: dict, experiment_id: str | None = None, output_dir: str
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
         save_config(config, experiment.config_path)
+        for stale in experiment.checkpoints_dir.glob(f"{STAGING_PREFIX}*"):  # a save killed mid-way
+            shutil.rmtree(stale, ignore_errors=True)
         if checkpoint is not None:
             state = json.loads((checkpoint / "trainer_state.json").read_text())
             truncate_metrics(experiment.metrics_path, state["global_step"])

@@ -295,3 +295,39 @@ def test_eval_only_with_downstream_tasks(finished):
     assert arc["num_docs"] == 4 and 0.0 <= arc["acc"] <= 1.0
     saved = json.loads((experiment / "results" / "eval_checkpoint-8.json").read_text())
     assert saved["downstream"]["arc_easy"] == arc
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+sys.path.insert(0, {tests!r})
+from test_trainer import tiny_config
+from pathlib import Path
+from tdlm.trainer import DiffusionTrainer, run_training
+
+original = DiffusionTrainer._save_rng_state
+
+def save_then_die(self, output_dir):
+    if self.state.global_step == 12:  # weights and optimizer of checkpoint-12 are already on disk
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, output_dir)
+
+DiffusionTrainer._save_rng_state = save_then_die
+run_training(tiny_config(Path({corpus!r}), "training.save_every_n_steps=6"), "killed", {root!r})
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_save_never_corrupts_the_last_checkpoint(corpus, tmp_path):
+    code = KILL_DURING_SAVE.format(repo=str(REPO), tests=str(REPO / "tests"), corpus=str(corpus), root=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == -9, result.stderr[-2000:]
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    staged = list(checkpoints.glob(".tmp-12/checkpoint-12/*"))
+    assert any(p.name == "model.safetensors" for p in staged)  # killed in the middle of writing checkpoint-12
+    assert [p.name for p in list_checkpoints(checkpoints)] == ["checkpoint-6"]
+    TDLMForMaskedDiffusion.from_pretrained(checkpoints / "checkpoint-6")
+    summary = run_training(tiny_config(corpus, "training.save_every_n_steps=6"), resume=str(tmp_path / "killed"))
+    assert summary["global_step"] == 12 and summary["final_checkpoint"].endswith("checkpoint-12")
+    assert not list(checkpoints.glob(".tmp-*"))
