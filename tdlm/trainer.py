@@ -467,10 +467,13 @@ def _best_epoch(state) -> float | None:
     return None
 
 
-def write_summary(experiment: Experiment, trainer: DiffusionTrainer, train_output, runtime: float) -> dict:
+def write_summary(experiment: Experiment, trainer: DiffusionTrainer, train_output, runtime: float,
+                  start_step: int = 0) -> dict:
+    """results/summary.json; tokens/s counts this session's steps (a resumed run started at `start_step`)."""
     state = trainer.state
     checkpoints = list_checkpoints(experiment.checkpoints_dir)
     tokens = state.global_step * (trainer._tokens_per_step or 0)
+    session_tokens = (state.global_step - start_step) * (trainer._tokens_per_step or 0)
     summary = {
         "experiment_id": experiment.experiment_id,
         "training_mode": "diffusion" if trainer.is_diffusion else "autoregressive",
@@ -481,7 +484,7 @@ def write_summary(experiment: Experiment, trainer: DiffusionTrainer, train_outpu
         "train_tokens": tokens,
         "epochs": state.epoch,
         "train_runtime_s": runtime,
-        "tokens_per_second": train_output.metrics.get("train_tokens_per_second") or (tokens / runtime if runtime else None),
+        "tokens_per_second": session_tokens / runtime if runtime else None,  # wall time incl. evals and saves
         "num_parameters": _num_parameters(trainer.model),
         "global_step": state.global_step,
         "train_loss": train_output.training_loss,
@@ -519,6 +522,7 @@ def run_training(config: dict, experiment_id: str | None = None, output_dir: str
     model = build_model(config, tokenizer)
     train, evaluation, collator = _prepare_data(config, tokenizer, model)
     is_main = int(os.environ.get("RANK", "0")) == 0
+    start_step = 0
     if is_main:
         save_config(config, experiment.config_path)
         for stale in experiment.checkpoints_dir.glob(f"{STAGING_PREFIX}*"):  # a save killed mid-way
@@ -526,6 +530,7 @@ def run_training(config: dict, experiment_id: str | None = None, output_dir: str
         if checkpoint is not None:
             state = json.loads((checkpoint / "trainer_state.json").read_text())
             truncate_metrics(experiment.metrics_path, state["global_step"])
+            start_step = state["global_step"]
     t = config["training"]
     trainer = DiffusionTrainer(
         model=model, args=training_arguments(config, experiment), train_dataset=train, eval_dataset=evaluation,
@@ -540,7 +545,7 @@ def run_training(config: dict, experiment_id: str | None = None, output_dir: str
     runtime = time.perf_counter() - start
     summary = None
     if trainer.is_world_process_zero():
-        summary = write_summary(experiment, trainer, output, runtime)
+        summary = write_summary(experiment, trainer, output, runtime, start_step)
         print(format_summary(summary), flush=True)
     return summary
 
