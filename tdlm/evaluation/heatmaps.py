@@ -141,9 +141,9 @@ def generate_heatmaps(run, experiments_dir="experiments", output_root="research/
 
     figure, axes = plt.subplots(2, 2, figsize=(13, 8))
     for level in LEVELS:
-        axes[0, 0].plot(steps, table["grad"][level], label=level)
-        axes[0, 1].plot(steps, table["loss"][level], label=level)
-    axes[0, 0].plot(steps, table["total"], "k--", label="total")
+        axes[0, 0].plot(steps, table["grad"][level], marker="o", label=level)
+        axes[0, 1].plot(steps, table["loss"][level], marker="o", label=level)
+    axes[0, 0].plot(steps, table["total"], "k--", marker=".", label="total")
     axes[0, 0].set(title="gradient norm", xlabel="step", yscale="log")
     axes[0, 1].set(title="loss by corruption level", xlabel="step")
     for axis in axes[0]:

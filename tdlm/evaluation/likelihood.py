@@ -200,10 +200,29 @@ def conditional_loglikelihood(model, tokenizer, pairs, mc_num: int = 128, seed: 
                               show_progress: bool = False) -> list[tuple[float, bool]]:
     """(log p(continuation | context), is_greedy) for each (context, continuation) string pair."""
     encoded = [encode_pair(tokenizer, context, continuation) for context, continuation in pairs]
+    encoded = _fit_continuations(encoded, model.config.max_position_embeddings)
     if is_diffusion(model):
         keys = [_context_key(seed, context) for context, _ in pairs]
         return diffusion_conditional_loglikelihood(model, encoded, keys, mc_num, batch_size, show_progress)
     return ar_conditional_loglikelihood(model, encoded, batch_size, show_progress)
+
+
+def _fit_continuations(encoded, max_length: int):
+    """A continuation longer than max_length - 1 tokens keeps only its last max_length - 1 tokens (scored after
+    at least one context token); lm-eval's `hf` backend refuses such requests instead. Logged as a warning."""
+    fitted, clipped = [], 0
+    for context, continuation in encoded:
+        if len(continuation) > max_length - 1:
+            context, continuation = context + continuation[:-(max_length - 1)], continuation[-(max_length - 1):]
+            clipped += 1
+        fitted.append((context, continuation))
+    if clipped:
+        import logging
+
+        logging.getLogger(__name__).warning("%d continuation(s) longer than max_position_embeddings - 1 = %d tokens: "
+                                            "only their last %d tokens are scored", clipped, max_length - 1,
+                                            max_length - 1)
+    return fitted
 
 
 def _context_key(seed: int, context: str) -> int:
@@ -269,9 +288,6 @@ def diffusion_conditional_loglikelihood(model, encoded, keys, mc_num: int = 128,
     results = []
     for (context, continuation), key in _progress(list(zip(encoded, keys)), "diffusion loglikelihood",
                                                   disable=not show_progress):
-        if len(continuation) >= max_length:
-            raise ValueError(f"continuation of {len(continuation)} tokens does not fit max_position_embeddings "
-                             f"{max_length}")
         context = context[-(max_length - len(continuation)):]
         sequence = torch.tensor(context + continuation, dtype=torch.long)
         start = len(context)
