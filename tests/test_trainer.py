@@ -331,3 +331,23 @@ def test_sigkill_during_save_never_corrupts_the_last_checkpoint(corpus, tmp_path
     summary = run_training(tiny_config(corpus, "training.save_every_n_steps=6"), resume=str(tmp_path / "killed"))
     assert summary["global_step"] == 12 and summary["final_checkpoint"].endswith("checkpoint-12")
     assert not list(checkpoints.glob(".tmp-*"))
+
+
+def test_checkpoints_every_n_epochs(corpus, tmp_path):
+    config = tiny_config(corpus, "training.max_steps=null", "training.epochs=2", "training.save_every_n_epochs=1",
+                         "training.save_every_n_steps=null", "data.block_size=64", "training.logging_steps=5")
+    summary = run_training(config, "epochs", str(tmp_path))
+    steps = summary["global_step"]
+    assert steps % 2 == 0 and summary["epochs"] == pytest.approx(2.0)
+    saved = [p.name for p in list_checkpoints(tmp_path / "epochs" / "checkpoints")]
+    assert saved == [f"checkpoint-{steps // 2}", f"checkpoint-{steps}"]
+    assert sorted(eval_losses(tmp_path / "epochs")) == [steps // 2, steps]
+
+
+def test_tokenizer_model_mismatch_fails_at_start(finished, corpus, tmp_path):
+    experiment, _ = finished
+    config = tiny_config(corpus, "model.train_bpe=null", f"model.tokenizer={REPO.parent / 'shared/data/gpt2-tokenizer'}",
+                         f"model.init_from={experiment / 'checkpoints' / 'checkpoint-8'}")
+    with pytest.raises(ValueError, match=r"tokenizer has 50258 tokens but the model's vocab_size is \d+"):
+        run_training(config, "mismatch", str(tmp_path))
+    assert not list_checkpoints(tmp_path / "mismatch" / "checkpoints")
