@@ -171,18 +171,18 @@ class DiffusionGenerationMixin:
 
     generation_config_class = DiffusionGenerationConfig
 
-    def adjust_generation_fn(self, generation_config, from_auto_class, from_pipeline,
-                             pretrained_model_name_or_path, cache_dir, force_download, proxies, local_files_only,
-                             token, revision, subfolder, trust_remote_code, **kwargs):
-        """Called by `from_pretrained`: restore the sampling defaults saved in `generation_config.json`."""
+    def adjust_generation_fn(self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path,
+                             *args, **kwargs):
+        """Called by `from_pretrained`: restore the sampling defaults saved in `generation_config.json`.
+        (Download keyword arguments vary across transformers 5.x releases: only the common ones are used.)"""
         if generation_config is not None:
             self.generation_config = DiffusionGenerationConfig.from_dict(generation_config.to_dict())
         elif pretrained_model_name_or_path is not None:
+            download = {key: kwargs[key] for key in ("cache_dir", "force_download", "proxies", "local_files_only",
+                                                     "token", "revision", "subfolder") if kwargs.get(key) is not None}
             try:
-                self.generation_config = DiffusionGenerationConfig.from_pretrained(
-                    pretrained_model_name_or_path, cache_dir=cache_dir, force_download=force_download,
-                    proxies=proxies, local_files_only=local_files_only, token=token, revision=revision,
-                    subfolder=subfolder)
+                self.generation_config = DiffusionGenerationConfig.from_pretrained(pretrained_model_name_or_path,
+                                                                                   **download)
             except OSError:  # no generation_config.json: keep the defaults built in __init__
                 pass
 
