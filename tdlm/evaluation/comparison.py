@@ -27,9 +27,11 @@ def read_summary(experiment_dir: Path) -> dict:
 
 
 def sampling_speed(model, tokenizer, num_tokens: int = 64, seed: int = 0) -> dict:
-    """Tokens per second generating `num_tokens` new tokens after a one-token prompt (batch 1)."""
+    """Tokens per second generating `num_tokens` new tokens (at most max_position_embeddings - 1) after a
+    one-token prompt (batch 1)."""
     import torch
 
+    num_tokens = min(num_tokens, model.config.max_position_embeddings - 1)
     prompt = torch.tensor([[tokenizer.eos_token_id]], device=model.device)
     start = time.perf_counter()
     if is_diffusion(model):
