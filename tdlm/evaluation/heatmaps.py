@@ -49,8 +49,8 @@ def gradient_table(rows: list[dict], run: str = "run") -> dict:
     useful = sorted((r for r in rows if any(r.get(k) is not None for k in keys)), key=lambda r: r["step"])
     if not useful:
         raise NoGradientMetricsError(
-            f"run {run} has no grad_norm/low|medium|high metrics (an autoregressive run logs none, and diffusion "
-            "runs log them every detailed_metrics_steps): nothing to plot")
+            f"run {run} has no grad_norm/low|medium|high metrics: an autoregressive run logs none, and a diffusion "
+            "run logs them every training.attention_analysis_steps (off when null); nothing to plot")
 
     def series(key):
         return np.array([np.nan if r.get(key) is None else float(r[key]) for r in useful])
