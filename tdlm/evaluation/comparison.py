@@ -93,7 +93,9 @@ def _fmt(value, digits=4):
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) >= 1e4 or abs(value) < 1e-3 else f"{value:.{digits}f}"
+        if abs(value) >= 100:
+            return f"{value:,.1f}"
+        return f"{value:.{digits}g}" if 0 < abs(value) < 1e-3 else f"{value:.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
@@ -103,7 +105,7 @@ def comparison_rows(comparison: dict) -> list[tuple[str, str, str]]:
     dl, al = dd["likelihood"], ar["likelihood"]
     rows = [("experiment", dd["experiment"], ar["experiment"]),
             ("checkpoint", Path(dd["checkpoint"]).name, Path(ar["checkpoint"]).name),
-            ("eval NLL per token (nats)", f"<= {_fmt(dl['nelbo'])} +- {_fmt(dl['standard_error'], 2)} (NELBO)",
+            ("eval NLL per token (nats)", f"<= {_fmt(dl['nelbo'])} +- {_fmt(dl['standard_error'], 3)} (NELBO)",
              f"{_fmt(al['nll'])} (exact)"),
             ("perplexity", f"<= {_fmt(dl['perplexity_upper_bound'], 5)}", _fmt(al["perplexity"], 5)),
             ("eval tokens", _fmt(dl["num_tokens"]), _fmt(al["num_tokens"]))]
