@@ -126,7 +126,8 @@ def test_adapter_rolling_and_generation(mode, ar_checkpoint, diffusion_checkpoin
     assert rolling < 0 and -rolling / num_tokens > 5.0  # an untrained model is near log(V) = 10.8 nats per token
     if mode == "autoregressive":  # exact: equals the sum of next-token log-probs after the prefix token
         ids = torch.tensor([[tokenizer.eos_token_id] + tokenizer.encode(text)])
-        logprobs = torch.log_softmax(model(input_ids=ids).logits.double(), -1)[0, :-1]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits.double(), -1)[0, :-1]
         assert rolling == pytest.approx(float(logprobs.gather(-1, ids[0, 1:, None]).sum()), rel=1e-5)
     (generated,) = lm.generate_until([SimpleNamespace(args=("Hello", {"until": ["\n\n"], "max_gen_toks": 5}))])
     assert isinstance(generated, str) and "\n\n" not in generated
