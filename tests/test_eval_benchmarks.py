@@ -131,3 +131,28 @@ def test_adapter_rolling_and_generation(mode, ar_checkpoint, diffusion_checkpoin
         assert rolling == pytest.approx(float(logprobs.gather(-1, ids[0, 1:, None]).sum()), rel=1e-5)
     (generated,) = lm.generate_until([SimpleNamespace(args=("Hello", {"until": ["\n\n"], "max_gen_toks": 5}))])
     assert isinstance(generated, str) and "\n\n" not in generated
+
+
+def test_evaluate_script_writes_results_with_seeds_and_versions(diffusion_checkpoint, tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import evaluate as evaluate_script
+
+    folder, _, _ = diffusion_checkpoint
+    eval_file = tmp_path / "eval.txt"
+    eval_file.write_text("A small evaluation text about cats and dogs.\n" * 40)
+    output = tmp_path / "results.json"
+    evaluate_script.main(["--model", str(folder), "--tasks", "boolq", "--limit", "2", "--mc-num", "2",
+                          "--likelihood", "--eval-file", str(eval_file), "--block-size", "32", "--max-blocks", "2",
+                          "--nelbo-samples", "3", "--seed", "5", "--output", str(output)])
+    saved = json.loads(output.read_text())
+    assert saved["training_mode"] == "diffusion" and saved["settings"]["seed"] == 5
+    assert saved["likelihood"]["kind"] == "nelbo_upper_bound" and saved["likelihood"]["num_samples"] == 3
+    assert saved["likelihood"]["num_tokens"] == 64 and saved["likelihood"]["seed"] == 5
+    assert saved["downstream"]["boolq"]["num_docs"] == 2
+    assert saved["environment"]["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    written = evaluate_script.main(["--write-lm-eval-tasks", str(tmp_path / "tasks"), "--tasks", "hellaswag"])
+    assert written == ["tdlm_hellaswag"] and (tmp_path / "tasks" / "tdlm_hellaswag.yaml").is_file()
