@@ -14,5 +14,7 @@ timeout ${BENCH_TIMEOUT:-150} python scripts/benchmark.py --config configs/examp
     --output "$OUT/benchmark.json" 2>&1 | grep -v "it/s\]" | tee "$OUT/benchmark.log"
 timeout ${STUDY_TIMEOUT:-300} python scripts/data_constrained_study.py --config configs/study_gpu.yaml \
     --epochs ${EPOCHS:-100} --unique-tokens ${BUDGETS:-25%,100%} --eval-every ${EVAL_EVERY:-10} \
-    --modes ar,diffusion,ar_regularized --nelbo-samples 4 --max-eval-blocks 32 --output-dir "$OUT/study" \
+    --modes ar,diffusion,ar_regularized --nelbo-samples 4 --max-eval-blocks 32 --output-dir "${STUDY_DIR:-experiments/study_gpu}" \
     2>&1 | grep -v "it/s\]" | tee "$OUT/study.log"
+# only the study summary comes back (the device tool returns at most 8 files)
+cp "${STUDY_DIR:-experiments/study_gpu}"/study.{json,md,png} "$OUT/" 2>/dev/null
