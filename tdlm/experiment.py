@@ -111,7 +111,7 @@ SCHEMA = {
         "r": (8, (int,)),
         "alpha": (16, (int,)),
         "dropout": (0.0, (float,)),
-        "target_modules": (["q_proj", "k_proj", "v_proj", "o_proj"], (list,)),
+        "target_modules": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], (list,)),
         "base_model": (None, (str, None)),
     },
 }
@@ -228,6 +228,8 @@ def validate_config(config: dict) -> dict:
             fail(dotted, f"must be >= 1 or null, got {get(dotted)}")
     if get("training.learning_rate") <= 0:
         fail("training.learning_rate", f"must be > 0, got {get('training.learning_rate')}")
+    if get("training.push_to_hub") and not get("training.hub_model_id"):
+        fail("training.hub_model_id", "training.push_to_hub is true but no repo id (user/name) is set")
     if get("training.weight_decay") < 0:
         fail("training.weight_decay", "must be >= 0")
     if get("training.epochs") <= 0 and get("training.max_steps") is None:

@@ -547,6 +547,10 @@ def run_training(config: dict, experiment_id: str | None = None, output_dir: str
     if trainer.is_world_process_zero():
         summary = write_summary(experiment, trainer, output, runtime, start_step)
         print(format_summary(summary), flush=True)
+        if config["training"]["push_to_hub"]:  # best checkpoint + model card (tdlm.hub), not Trainer's raw folder
+            from .hub import push_to_hub
+
+            push_to_hub(experiment.root, repo_id=config["training"]["hub_model_id"])
     return summary
 
 

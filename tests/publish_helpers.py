@@ -72,13 +72,27 @@ def make_experiment(root: Path, mode: str = "diffusion", steps=(10, 20)) -> Path
     return experiment
 
 
+# Hides the repository *and* an installed (editable) tdlm, as on a Hub user's machine; then proves it is hidden.
+NO_TDLM_PRELUDE = textwrap.dedent("""\
+    import importlib.abc, importlib.util, sys
+    class _BlockTDLM(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "tdlm" or name.startswith("tdlm."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+    sys.meta_path.insert(0, _BlockTDLM())
+    try:
+        import tdlm
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("tdlm must not be importable here")
+    """)
+
+
 def run_without_tdlm(code: str, cwd: Path, timeout: int = 240) -> str:
     """Run `code` in a fresh interpreter whose sys.path cannot reach the repository; returns stdout.
     The snippet first asserts that `import tdlm` fails."""
-    prelude = textwrap.dedent("""\
-        import importlib.util, sys
-        assert importlib.util.find_spec("tdlm") is None, "tdlm must not be importable here"
-        """)
+    prelude = NO_TDLM_PRELUDE
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=cwd, env=env,

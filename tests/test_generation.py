@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 
+from publish_helpers import NO_TDLM_PRELUDE
 from tdlm import DiffusionGenerationConfig, TDLMConfig, TDLMForMaskedDiffusion
 from tdlm.generation_tdlm import propose_tokens
 from tdlm.schedules import get_noise_schedule, unmask_counts
@@ -261,13 +262,8 @@ def test_saved_checkpoint_samples_through_trust_remote_code_alone(tmp_path):
     folder = tmp_path / "checkpoint"
     model.save_pretrained(folder)
     expected = model.diffusion_generate(torch.tensor([[5, 6, 7]]), max_new_tokens=10)
-    script = textwrap.dedent(f"""
+    script = NO_TDLM_PRELUDE + textwrap.dedent(f"""
         import sys, torch
-        try:
-            import tdlm
-            raise SystemExit("tdlm must not be importable here")
-        except ImportError:
-            pass
         from transformers import AutoModelForMaskedLM
         model = AutoModelForMaskedLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
         assert type(model.generation_config).__name__ == "DiffusionGenerationConfig", type(model.generation_config)
