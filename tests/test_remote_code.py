@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from publish_helpers import NO_TDLM_PRELUDE
 from tdlm import TDLMConfig, TDLMForCausalLM, TDLMForMaskedDiffusion
 from tdlm.tokenization import config_kwargs_for_tokenizer, load_tokenizer
 
@@ -21,21 +22,9 @@ GPT2_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-toke
 REMOTE_FILES = {"configuration_tdlm.py", "modeling_tdlm.py", "generation_tdlm.py", "schedules.py"}
 TEXTS = ["Hello world", "The quick brown fox jumps over the lazy dog."]
 
-CHILD = r'''
-import importlib.abc, sys, json
+CHILD = NO_TDLM_PRELUDE + r'''
+import json
 import torch
-
-class BlockTDLM(importlib.abc.MetaPathFinder):  # also hides an editable / site-packages install
-    def find_spec(self, name, path=None, target=None):
-        if name == "tdlm" or name.startswith("tdlm."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
-sys.meta_path.insert(0, BlockTDLM())
-try:
-    import tdlm  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("tdlm is importable in the child: the test would not prove anything")
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
