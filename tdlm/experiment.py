@@ -354,13 +354,14 @@ def default_experiment_id() -> str:
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
-def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (with trainer_state.json), oldest step first."""
+def list_checkpoints(checkpoints_dir: str | Path, complete: bool = True) -> list[Path]:
+    """`checkpoint-<step>` folders, oldest step first; `complete` keeps only those with trainer_state.json
+    (a finished Trainer save), otherwise every folder of that name."""
     folder = Path(checkpoints_dir)
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := CHECKPOINT_PATTERN.match(p.name)) and (p / "trainer_state.json").is_file()]
+             if (m := CHECKPOINT_PATTERN.match(p.name)) and (not complete or (p / "trainer_state.json").is_file())]
     return [p for _, p in sorted(found)]
 
 

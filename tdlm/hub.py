@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .experiment import list_checkpoints
+
 logger = logging.getLogger(__name__)
 
 # Files of a checkpoint folder that make up the published model; optimizer/scheduler/RNG state,
@@ -29,7 +31,6 @@ REQUIRED_FILES = ("config.json", "tokenizer_config.json") + REMOTE_CODE_FILES
 DEFAULT_LICENSE = "apache-2.0"
 # keys of the training config never written to a model card (credentials)
 _SECRET_KEY = re.compile(r"token|secret|password|api_key|apikey", re.IGNORECASE)
-_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,10 +42,8 @@ def is_model_folder(path: Path) -> bool:
 
 def latest_checkpoint(experiment_dir) -> Path | None:
     """The `checkpoints/checkpoint-N` folder with the largest N that holds a model, or None."""
-    folder = Path(experiment_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint-*")
-             if (m := _CHECKPOINT_NAME.match(p.name)) and is_model_folder(p)]
-    return max(found)[1] if found else None
+    found = [p for p in list_checkpoints(Path(experiment_dir) / "checkpoints", complete=False) if is_model_folder(p)]
+    return found[-1] if found else None
 
 
 def resolve_checkpoint(path) -> Path:

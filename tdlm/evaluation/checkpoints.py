@@ -1,8 +1,9 @@
 """Loading TDLM checkpoints and locating an experiment's best checkpoint (experiment folder contract)."""
 
 import json
-import re
 from pathlib import Path
+
+from ..experiment import list_checkpoints
 
 
 def load_checkpoint(path, device: str | None = None):
@@ -34,11 +35,6 @@ def resolve_experiment(experiment, experiments_dir="experiments") -> Path:
     raise FileNotFoundError(f"experiment {experiment!r} is neither a folder nor an id under {experiments_dir}/")
 
 
-def _checkpoints(experiment_dir: Path) -> list[Path]:
-    found = [p for p in (experiment_dir / "checkpoints").glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
 def best_checkpoint(experiment_dir) -> Path:
     """results/summary.json's best_checkpoint, else the checkpoint with the lowest eval loss recorded in the
     latest trainer_state.json, else the latest checkpoint."""
@@ -50,7 +46,7 @@ def best_checkpoint(experiment_dir) -> Path:
             for candidate in (Path(best), experiment_dir / best, experiment_dir / "checkpoints" / Path(best).name):
                 if (candidate / "config.json").is_file():
                     return candidate
-    checkpoints = _checkpoints(experiment_dir)
+    checkpoints = list_checkpoints(experiment_dir / "checkpoints", complete=False)
     if not checkpoints:
         raise FileNotFoundError(f"no checkpoints/checkpoint-<step> folders in {experiment_dir}")
     state_file = checkpoints[-1] / "trainer_state.json"
