@@ -23,6 +23,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--modes", default="autoregressive,diffusion")
     parser.add_argument("--compile", default="false", help="torch.compile variants to time: false, true or false,true")
+    parser.add_argument("--head-implementations", default=None,
+                        help="fused head variants to time, e.g. chunked,triton (default: the config's)")
     parser.add_argument("--sampling-steps", default="16,32,64,256", help="diffusion step counts ('' = no sampling)")
     parser.add_argument("--sampling-batch", type=int, default=8)
     parser.add_argument("--sampling-length", type=int, default=256)
@@ -41,6 +43,7 @@ def main(argv=None):
     report = run_benchmark(config, device=args.device, steps=args.steps, warmup=args.warmup,
                            modes=tuple(args.modes.split(",")),
                            compile_variants=tuple(v.strip() == "true" for v in args.compile.split(",")),
+                           head_variants=args.head_implementations.split(",") if args.head_implementations else None,
                            sampling=sampling, output=args.output)
     print(format_report(report))
     print(f"\nwritten: {args.output}")

@@ -117,13 +117,12 @@ def benchmark_trainer(config: dict, tokenizer, mode: str, device: torch.device, 
 
 
 def _loss_fn(model, mode, schedule, generator):
-    def loss(batch):
-        mask = torch.ones_like(batch)
+    def loss(batch):  # unpadded blocks: no attention_mask, as the Trainer's collator gives them
         if mode == "autoregressive":
-            return model(input_ids=batch, attention_mask=mask, labels=batch).loss
-        targets = diffusion_targets(batch, mask, schedule, model.config.mask_token_id, antithetic=True,
-                                    generator=generator)
-        return model(input_ids=targets["input_ids"], attention_mask=mask, labels=targets["labels"],
+            return model(input_ids=batch, labels=batch).loss
+        targets = diffusion_targets(batch, torch.ones_like(batch), schedule, model.config.mask_token_id,
+                                    antithetic=True, generator=generator)
+        return model(input_ids=targets["input_ids"], labels=targets["labels"],
                      loss_weights=targets["loss_weights"], num_items_in_batch=targets["num_items_in_batch"]).loss
     return loss
 
@@ -205,37 +204,49 @@ def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> 
 
 
 def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warmup: int = 5,
-                  modes=("autoregressive", "diffusion"), compile_variants=(False,), sampling: dict | None = None,
-                  output: str | Path | None = None) -> dict:
-    """Everything in one run: training throughput (Trainer and bare loop) for both objectives, the fused-loss
-    check, and sampling speed. Returns (and writes to `output`) a JSON-able dict."""
+                  modes=("autoregressive", "diffusion"), compile_variants=(False,), head_variants=None,
+                  sampling: dict | None = None, output: str | Path | None = None) -> dict:
+    """Everything in one run: training throughput (Trainer for every head implementation x compile variant, and
+    the bare loop) for both objectives, the fused-loss check per head implementation, and sampling speed.
+    Returns (and writes to `output`) a JSON-able dict."""
     import transformers
 
     from .trainer import build_tokenizer
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    head_variants = tuple(head_variants or (config["model"]["head_implementation"],))
     tokenizer = build_tokenizer(config)
     report = {"machine": device_name(device), "device": str(device), "torch": torch.__version__,
               "transformers": transformers.__version__, "precision": config["training"]["mixed_precision"],
               "batch_size": config["training"]["batch_size"], "sequence_length": config["data"]["block_size"],
               "training": [], "loss_check": [], "sampling": []}
     for mode in modes:
-        report["loss_check"].append({"mode": mode, **loss_agreement(config, tokenizer, mode, device)})
+        for head in head_variants:
+            report["loss_check"].append({"mode": mode, "head_implementation": head,
+                                         **loss_agreement(_variant(config, head), tokenizer, mode, device)})
         bare = benchmark_bare_loop(config, tokenizer, mode, device, steps, warmup)
-        for compiled in compile_variants:
-            variant = json.loads(json.dumps(config))
-            variant["training"]["torch_compile"] = compiled
-            row = benchmark_trainer(variant, tokenizer, mode, device, steps, warmup)
-            row.update(mode=mode, path="trainer", torch_compile=compiled,
-                       overhead_vs_bare_loop=row["median_step_s"] / bare["median_step_s"] - 1.0)
-            report["training"].append(row)
-        report["training"].append({**bare, "mode": mode, "path": "bare_loop", "torch_compile": False})
+        for head in head_variants:
+            for compiled in compile_variants:
+                row = benchmark_trainer(_variant(config, head, compiled), tokenizer, mode, device, steps, warmup)
+                row.update(mode=mode, path="trainer", head_implementation=head, torch_compile=compiled,
+                           overhead_vs_bare_loop=row["median_step_s"] / bare["median_step_s"] - 1.0)
+                report["training"].append(row)
+        report["training"].append({**bare, "mode": mode, "path": "bare_loop", "torch_compile": False,
+                                   "head_implementation": config["model"]["head_implementation"]})
     if sampling:
         report["sampling"] = benchmark_sampling_for(config, tokenizer, device, **sampling)
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(report, indent=2))
     return report
+
+
+def _variant(config: dict, head_implementation: str, torch_compile: bool | None = None) -> dict:
+    variant = json.loads(json.dumps(config))
+    variant["model"]["head_implementation"] = head_implementation
+    if torch_compile is not None:
+        variant["training"]["torch_compile"] = torch_compile
+    return variant
 
 
 def benchmark_sampling_for(config, tokenizer, device, batch_size=8, length=256, steps_list=(16, 32, 64, 256),
@@ -259,17 +270,19 @@ def benchmark_sampling_for(config, tokenizer, device, batch_size=8, length=256, 
 def format_report(report: dict) -> str:
     lines = [f"Machine: {report['machine']}  torch {report['torch']}  transformers {report['transformers']}  "
              f"precision {report['precision']}  batch {report['batch_size']} x seq {report['sequence_length']}",
-             "", "| mode | path | compile | tokens/s | median step (ms) | peak mem (GB) | MFU | overhead vs bare |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| mode | path | head | compile | tokens/s | median step (ms) | peak mem (GB) | MFU | overhead vs bare |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in report["training"]:
         mem = f"{row['peak_memory_gb']:.1f}" if row.get("peak_memory_gb") is not None else "-"
         mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") else "-"
         overhead = f"{100 * row['overhead_vs_bare_loop']:+.1f}%" if "overhead_vs_bare_loop" in row else "-"
-        lines.append(f"| {row['mode']} | {row['path']} | {row['torch_compile']} | {row['tokens_per_second']:,.0f} | "
+        lines.append(f"| {row['mode']} | {row['path']} | {row['head_implementation']} | {row['torch_compile']} | "
+                     f"{row['tokens_per_second']:,.0f} | "
                      f"{1000 * row['median_step_s']:.1f} | {mem} | {mfu} | {overhead} |")
-    lines += ["", "| mode | fused loss | reference loss | rel. loss diff | rel. head-grad diff |", "|---|---|---|---|---|"]
+    lines += ["", "| mode | head | fused loss | reference loss | rel. loss diff | rel. head-grad diff |",
+              "|---|---|---|---|---|---|"]
     for row in report["loss_check"]:
-        lines.append(f"| {row['mode']} | {row['fused_loss']:.5f} | {row['reference_loss']:.5f} | "
+        lines.append(f"| {row['mode']} | {row['head_implementation']} | {row['fused_loss']:.5f} | {row['reference_loss']:.5f} | "
                      f"{row['relative_loss_difference']:.2e} | {row['relative_grad_difference']:.2e} |")
     if report["sampling"]:
         keys = list(report["sampling"][0].keys())

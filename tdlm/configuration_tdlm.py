@@ -8,6 +8,7 @@ from transformers import PretrainedConfig
 from .schedules import NOISE_SCHEDULES
 
 TRAINING_MODES = ("diffusion", "autoregressive")
+HEAD_IMPLEMENTATIONS = ("chunked", "triton")  # fused_cross_entropy.py
 GPT2_VOCAB_SIZE = 50257  # GPT-2 BPE; TDLM appends <|mask|> as id 50257
 
 
@@ -31,6 +32,9 @@ class TDLMConfig(PretrainedConfig):
         min_mask_ratio, max_mask_ratio: range of the masking ratio 1 - a_t drawn during training.
         antithetic_sampling: low-discrepancy t across a batch (t_i = (u + i/B) mod 1).
         time_epsilon: t is never below this, so the ELBO weight -a'_t/(1-a_t) stays finite.
+        head_implementation: how the LM head and its cross-entropy are fused during training: "chunked"
+            (torch ops over row chunks, any device) or "triton" (Triton kernels that keep logits on chip,
+            CUDA only; other devices use "chunked"). Both give the same loss within bf16 rounding.
     """
 
     model_type = "tdlm"
@@ -61,6 +65,7 @@ class TDLMConfig(PretrainedConfig):
         max_mask_ratio: float = 1.0,
         antithetic_sampling: bool = True,
         time_epsilon: float = 1e-3,
+        head_implementation: str = "chunked",
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -82,6 +87,7 @@ class TDLMConfig(PretrainedConfig):
         self.max_mask_ratio = max_mask_ratio
         self.antithetic_sampling = antithetic_sampling
         self.time_epsilon = time_epsilon
+        self.head_implementation = head_implementation
         # Auto classes of the remote code shipped with every checkpoint; AutoModel gives the model that
         # matches the checkpoint's objective.
         main_class = "TDLMForMaskedDiffusion" if training_mode == "diffusion" else "TDLMForCausalLM"
@@ -153,6 +159,8 @@ class TDLMConfig(PretrainedConfig):
         if not 0.0 <= self.min_mask_ratio < self.max_mask_ratio <= 1.0:
             fail("min_mask_ratio", f"need 0 <= min_mask_ratio < max_mask_ratio <= 1, got "
                                    f"{self.min_mask_ratio} and {self.max_mask_ratio}")
+        if self.head_implementation not in HEAD_IMPLEMENTATIONS:
+            fail("head_implementation", f"unknown {self.head_implementation!r}; expected one of {HEAD_IMPLEMENTATIONS}")
         if not 0.0 < self.time_epsilon < 1.0:
             fail("time_epsilon", f"must lie in (0, 1), got {self.time_epsilon}")
         for field in ("attention_dropout", "hidden_dropout"):

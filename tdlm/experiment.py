@@ -37,6 +37,7 @@ SCHEMA = {
         "tokenizer": (None, (str, None)),  # a folder or Hub name; or use train_bpe
         "train_bpe": (None, (dict, None)),  # {files: [...], vocab_size: 1024, min_frequency: 2}
         "init_from": (None, (str, None)),  # start from a from_pretrained folder instead of random weights
+        "head_implementation": ("chunked", (str,)),  # fused LM head + CE: chunked (any device) or triton (CUDA)
     },
     "diffusion": {
         "noise_schedule": ("linear", (str,)),
@@ -80,7 +81,8 @@ SCHEMA = {
         "checkpoint_map_location": ("auto", (str,)),
         "seed": (42, (int,)),
         "mixed_precision": ("no", (str,)),
-        "torch_compile": (False, (bool,)),
+        "torch_compile": (False, (bool,)),  # compiles the backbone (static shapes); the head is fused already
+        "torch_compile_mode": (None, (str, None)),  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
         "dataloader_num_workers": (0, (int,)),
         "push_to_hub": (False, (bool,)),
         "hub_model_id": (None, (str, None)),
@@ -118,10 +120,12 @@ SCHEMA = {
 WANDB_KEYS = {"enabled": bool, "project": str, "tags": list}
 CHOICES = {
     "model.training_mode": ("diffusion", "autoregressive"),
+    "model.head_implementation": ("chunked", "triton"),
     "diffusion.noise_schedule": ("linear", "cosine", "loglinear"),
     "sampling.step_schedule": ("cosine", "linear"),
     "sampling.remasking": ("low_confidence", "margin", "entropy", "random"),
     "training.mixed_precision": ("no", "fp16", "bf16"),
+    "training.torch_compile_mode": (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "training.lr_scheduler_type": ("linear", "cosine", "constant", "constant_with_warmup",
                                    "cosine_with_min_lr", "inverse_sqrt", "warmup_stable_decay"),
 }

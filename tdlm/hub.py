@@ -26,7 +26,8 @@ MODEL_FILE_PATTERNS = (
     "model.safetensors.index.json", "*.py", "tokenizer.json", "tokenizer_config.json", "vocab.json",
     "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
 )
-REMOTE_CODE_FILES = ("configuration_tdlm.py", "modeling_tdlm.py", "generation_tdlm.py", "schedules.py")
+REMOTE_CODE_FILES = ("configuration_tdlm.py", "modeling_tdlm.py", "generation_tdlm.py", "schedules.py",
+                     "fused_cross_entropy.py")
 REQUIRED_FILES = ("config.json", "tokenizer_config.json") + REMOTE_CODE_FILES
 DEFAULT_LICENSE = "apache-2.0"
 # keys of the training config never written to a model card (credentials)

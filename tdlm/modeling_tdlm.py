@@ -3,7 +3,8 @@
 - `TDLMForMaskedDiffusion`: bidirectional attention, predicts x_0 at masked positions (never the mask token).
 - `TDLMForCausalLM`: the same backbone with causal attention; the autoregressive baseline, stock `generate()`.
 
-Shipped as remote code next to the weights: imports only torch, transformers and relative siblings.
+Shipped as remote code next to the weights: imports only torch, transformers and relative siblings
+(fused_cross_entropy.py imports Triton when it is installed).
 """
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 
 from .configuration_tdlm import TDLMConfig
+from .fused_cross_entropy import HEAD_CHUNK_SIZE, linear_cross_entropy
 from .generation_tdlm import DiffusionGenerationConfig, DiffusionGenerationMixin
 
 try:  # transformers >= 5: initialisers that respect already-loaded weights
@@ -263,9 +265,6 @@ class TDLMModel(TDLMPreTrainedModel):
 # ---------------------------------------------------------------------------------------------
 # Heads and loss
 # ---------------------------------------------------------------------------------------------
-HEAD_CHUNK_SIZE = 8192  # rows of the LM head computed at once: bounds the [rows, vocab] fp32 buffer
-
-
 def supervised_loss(
     hidden_states: torch.Tensor,
     head_weight: torch.Tensor,
@@ -273,14 +272,15 @@ def supervised_loss(
     loss_weights: torch.Tensor | None = None,
     num_items_in_batch: torch.Tensor | int | None = None,
     mask_token_id: int | None = None,
+    head_implementation: str = "chunked",
     chunk_size: int = HEAD_CHUNK_SIZE,
 ):
     """loss = sum_i w_i * CE_i / normaliser over supervised positions (labels != -100) only.
 
     The normaliser is `num_items_in_batch` (real tokens, for the NELBO) or the number of supervised
-    positions. The LM head runs only on supervised rows, a chunk at a time; with gradients enabled the
-    chunk's gradient is computed right away (fused linear + cross-entropy), so the [N, vocab] fp32 logits
-    never exist at once: they are ~89% of this model's FLOPs and most of its memory traffic.
+    positions. The LM head runs only on supervised rows, fused with its cross-entropy (fused_cross_entropy.py),
+    so the [N, vocab] fp32 logits never exist at once: they are ~89% of this model's FLOPs and most of its
+    memory traffic.
     Returns (loss, token_losses [N] detached unweighted CE, token_predictions [N] argmax), rows in
     row-major order of the supervised positions.
     """
@@ -291,63 +291,8 @@ def supervised_loss(
     denominator = num_items_in_batch if num_items_in_batch is not None else max(rows.shape[0], 1)
     if torch.is_tensor(denominator):
         denominator = denominator.to(rows.device)
-    coefficients = coefficients / denominator
-    if torch.is_grad_enabled() and (rows.requires_grad or head_weight.requires_grad):
-        return _FusedLinearCrossEntropy.apply(rows, head_weight, targets, coefficients, mask_token_id, chunk_size)
-    token_losses, predictions = [], []
-    for start in range(0, rows.shape[0], chunk_size):
-        logits = _chunk_logits(rows[start:start + chunk_size], head_weight, mask_token_id)
-        token_losses.append(F.cross_entropy(logits, targets[start:start + chunk_size], reduction="none"))
-        predictions.append(logits.argmax(-1))
-    token_losses = torch.cat(token_losses) if token_losses else rows.new_zeros(0, dtype=torch.float32)
-    predictions = torch.cat(predictions) if predictions else targets.clone()
-    return (token_losses * coefficients).sum(), token_losses, predictions
-
-
-def _chunk_logits(rows, head_weight, mask_token_id):
-    logits = (rows @ head_weight.to(rows.dtype).t()).float()
-    if mask_token_id is not None:
-        logits[:, mask_token_id] = float("-inf")
-    return logits
-
-
-class _FusedLinearCrossEntropy(torch.autograd.Function):
-    """sum_i c_i * CE(rows_i @ W^T, target_i), computing d/d rows and d/d W chunk by chunk in the forward pass
-    (as Liger-Kernel's fused linear cross-entropy does); backward only scales them by the output gradient."""
-
-    @staticmethod
-    def forward(ctx, rows, head_weight, targets, coefficients, mask_token_id, chunk_size):
-        compute_dtype = torch.get_autocast_dtype(rows.device.type) if torch.is_autocast_enabled(rows.device.type) \
-            else rows.dtype
-        weight = head_weight.to(compute_dtype)
-        grad_rows = torch.empty_like(rows)
-        grad_weight = torch.zeros_like(head_weight, dtype=torch.float32)
-        token_losses = rows.new_empty(rows.shape[0], dtype=torch.float32)
-        predictions = targets.new_empty(rows.shape[0])
-        for start in range(0, rows.shape[0], chunk_size):
-            stop = start + chunk_size
-            chunk = rows[start:stop].to(compute_dtype)
-            logits = _chunk_logits(chunk, weight, mask_token_id)
-            log_z = torch.logsumexp(logits, dim=-1)
-            target = targets[start:stop]
-            token_losses[start:stop] = log_z - logits.gather(-1, target[:, None]).squeeze(-1)
-            predictions[start:stop] = logits.argmax(-1)
-            # d CE / d logits = softmax - onehot, scaled by this row's coefficient (in place: logits -> grad)
-            grad_logits = logits.sub_(log_z[:, None]).exp_()
-            grad_logits.scatter_add_(-1, target[:, None], -torch.ones_like(log_z)[:, None])
-            grad_logits = (grad_logits * coefficients[start:stop, None]).to(compute_dtype)
-            grad_rows[start:stop] = (grad_logits @ weight).to(rows.dtype)
-            grad_weight += (grad_logits.t() @ chunk).float()
-        ctx.save_for_backward(grad_rows, grad_weight.to(head_weight.dtype))
-        ctx.mark_non_differentiable(token_losses, predictions)
-        loss = (token_losses * coefficients).sum()
-        return loss, token_losses, predictions
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_token_losses, _grad_predictions):
-        grad_rows, grad_weight = ctx.saved_tensors
-        return grad_rows * grad_loss.to(grad_rows.dtype), grad_weight * grad_loss.to(grad_weight.dtype), \
-            None, None, None, None
+    return linear_cross_entropy(rows, head_weight, targets, coefficients / denominator, mask_token_id,
+                                head_implementation, chunk_size)
 
 
 @dataclass
@@ -397,7 +342,7 @@ class _TDLMHeadModel(TDLMPreTrainedModel):
 
     def _supervised(self, hidden_states, labels, loss_weights, num_items_in_batch):
         return supervised_loss(hidden_states, self.lm_head.weight, labels, loss_weights, num_items_in_batch,
-                               self.config.mask_token_id)
+                               self.config.mask_token_id, self.config.head_implementation)
 
 
 class TDLMForMaskedDiffusion(_TDLMHeadModel, DiffusionGenerationMixin):

@@ -196,6 +196,11 @@ def run_study(config: dict, epochs: int, budgets: list[float], eval_every: int, 
     train, evaluation = build_datasets(config["data"], tokenizer, vocab, max_eval_blocks)
     if evaluation is None:
         raise ValueError("the study needs held-out data: set data.eval_files or data.eval_split")
+    settings = {"epochs": epochs, "eval_every": eval_every, "nelbo_samples": num_samples,
+                "eval_tokens": evaluation.blocks.numel(), "block_size": train.blocks.shape[1],
+                "batch_size": config["training"]["batch_size"], "learning_rate": config["training"]["learning_rate"],
+                "ar_regularized": f"dropout {ar_dropout}, weight decay {ar_weight_decay}",
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     arms = []
     for budget in budgets:
         blocks = train.blocks[: max(1, round(budget * len(train)))]
@@ -205,16 +210,12 @@ def run_study(config: dict, epochs: int, budgets: list[float], eval_every: int, 
             curve = train_arm(variant, tokenizer, blocks, evaluation.blocks, eval_every, num_samples,
                               output_dir / "runs" / f"{mode}_{int(round(budget * 100))}pct")
             arms.append({"mode": mode, "budget": budget, "unique_tokens": blocks.numel(), **curve})
-    settings = {"epochs": epochs, "eval_every": eval_every, "nelbo_samples": num_samples,
-                "eval_tokens": evaluation.blocks.numel(), "block_size": train.blocks.shape[1],
-                "batch_size": config["training"]["batch_size"], "learning_rate": config["training"]["learning_rate"],
-                "ar_regularized": f"dropout {ar_dropout}, weight decay {ar_weight_decay}",
-                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-    summary = summarize(arms)
-    result = {"settings": settings, "arms": arms, "summary": summary}
-    (output_dir / "study.json").write_text(json.dumps(result, indent=2))
-    (output_dir / "study.md").write_text(format_markdown(summary, settings))
-    plot_curves(arms, output_dir / "study.png")
+            # rewritten after every arm: a run stopped early (a GPU time limit) keeps the arms it finished
+            summary = summarize(arms)
+            result = {"settings": settings, "arms": arms, "summary": summary}
+            (output_dir / "study.json").write_text(json.dumps(result, indent=2))
+            (output_dir / "study.md").write_text(format_markdown(summary, settings))
+            plot_curves(arms, output_dir / "study.png")
     return result
 
 

@@ -396,12 +396,13 @@ def build_model(config: dict, tokenizer):
         shape = {k: m[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                                    "rope_theta", "attention_dropout", "hidden_dropout", "initializer_range")}
         model_config = TDLMConfig(
-            **shape, **token_kwargs, **d, training_mode=m["training_mode"],
+            **shape, **token_kwargs, **d, training_mode=m["training_mode"], head_implementation=m["head_implementation"],
             max_position_embeddings=m["max_position_embeddings"] or config["data"]["block_size"])
         model = model_class_for(model_config)(model_config)
     if model.config.training_mode != m["training_mode"]:
         raise ValueError(f"model.training_mode is {m['training_mode']!r} but the pretrained model {pretrained} is "
                          f"{model.config.training_mode!r}")
+    model.config.head_implementation = m["head_implementation"]
     check_tokenizer_matches(tokenizer, model.config)
     if model.config.training_mode == "diffusion":
         sampling = {k: v for k, v in config["sampling"].items() if v is not None}
@@ -412,6 +413,20 @@ def build_model(config: dict, tokenizer):
         from .peft_utils import apply_lora
 
         model = apply_lora(model, config["peft"])
+    if config["training"]["torch_compile"]:
+        compile_backbone(model, config["training"]["torch_compile_mode"])
+    return model
+
+
+def compile_backbone(model, mode: str | None = None):
+    """torch.compile the backbone in place (its [batch, length] shapes are static, so it compiles once); the head
+    runs eagerly: its masked-row gather has data-dependent shapes and its kernels are fused already. Compiling the
+    whole model (TrainingArguments.torch_compile) recompiled at that gather and gained 3% on an H100."""
+    from .modeling_tdlm import TDLMModel
+
+    backbones = [module for module in model.modules() if isinstance(module, TDLMModel)]
+    for backbone in backbones:
+        backbone.compile(mode=mode)
     return model
 
 
@@ -436,7 +451,7 @@ def training_arguments(config: dict, experiment: Experiment, **extra) -> Trainin
         eval_strategy="no", save_strategy="no",  # CheckpointScheduleCallback decides
         seed=t["seed"], data_seed=t["seed"],
         bf16=t["mixed_precision"] == "bf16", fp16=t["mixed_precision"] == "fp16",
-        torch_compile=t["torch_compile"], dataloader_num_workers=t["dataloader_num_workers"],
+        dataloader_num_workers=t["dataloader_num_workers"],  # training.torch_compile: see compile_backbone
         dataloader_drop_last=True, remove_unused_columns=False, prediction_loss_only=True,
         report_to=["wandb"] if wandb["enabled"] else "none", run_name=experiment.experiment_id,
         ddp_find_unused_parameters=False, save_only_model=False,

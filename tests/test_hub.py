@@ -109,7 +109,7 @@ def test_model_card_has_metadata_results_config_and_usage_without_secrets(tmp_pa
 # Push: upload set, reload without tdlm, sampling
 # ---------------------------------------------------------------------------------------------
 EXPECTED_FILES = {"model.safetensors", "config.json", "generation_config.json", "configuration_tdlm.py",
-                  "modeling_tdlm.py", "generation_tdlm.py", "schedules.py", "tokenizer.json",
+                  "modeling_tdlm.py", "generation_tdlm.py", "schedules.py", "fused_cross_entropy.py", "tokenizer.json",
                   "tokenizer_config.json", "README.md"}
 
 

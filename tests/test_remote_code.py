@@ -19,7 +19,8 @@ from tdlm import TDLMConfig, TDLMForCausalLM, TDLMForMaskedDiffusion
 from tdlm.tokenization import config_kwargs_for_tokenizer, load_tokenizer
 
 GPT2_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
-REMOTE_FILES = {"configuration_tdlm.py", "modeling_tdlm.py", "generation_tdlm.py", "schedules.py"}
+REMOTE_FILES = {"configuration_tdlm.py", "modeling_tdlm.py", "generation_tdlm.py", "schedules.py",
+                "fused_cross_entropy.py"}
 TEXTS = ["Hello world", "The quick brown fox jumps over the lazy dog."]
 
 CHILD = NO_TDLM_PRELUDE + r'''

@@ -1,0 +1,281 @@
+"""The LM head fused with its cross-entropy: sum_i c_i * CE(rows_i @ W^T, target_i) without the [N, vocab] logits.
+
+The 128 x 50258 head is ~89% of the 7M model's FLOPs, and materialised fp32 logits are most of its memory traffic.
+Two implementations, chosen by `TDLMConfig.head_implementation`:
+
+- "chunked" (any device): torch ops over 8192-row chunks; with gradients enabled each chunk's gradients are
+  computed right away (as Liger-Kernel's fused linear cross-entropy does), so at most one chunk of fp32 logits exists.
+- "triton" (CUDA): three Triton kernels in the style of Cut Cross-Entropy (Wijmans et al. 2025) that keep each
+  [BLOCK_M, BLOCK_V] logits tile on chip: a forward pass (online log-sum-exp, target logit, argmax), then the
+  gradient for the rows and the gradient for the head, each recomputing its logits tiles. Logits accumulate in
+  fp32; the logits gradient is rounded to the matmul dtype (bf16 under autocast), as in the chunked path.
+  Off CUDA, or for hidden sizes above `TRITON_MAX_HIDDEN`, it falls back to "chunked".
+
+Both return (loss, token_losses [N] fp32 detached, predictions [N] argmax); the mask token's logit is -inf.
+Shipped as remote code next to the weights: imports torch, a relative sibling, and Triton only if it is installed.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the chunked head serves every device
+    triton = None
+
+from .configuration_tdlm import HEAD_IMPLEMENTATIONS
+
+HEAD_CHUNK_SIZE = 8192  # rows of the LM head computed at once: bounds the [rows, vocab] fp32 buffer
+TRITON_MAX_HIDDEN = 256  # one [BLOCK, hidden] tile of rows and of the head must fit on chip
+
+
+def linear_cross_entropy(rows, head_weight, targets, coefficients, mask_token_id=None, implementation="chunked",
+                         chunk_size=HEAD_CHUNK_SIZE):
+    """Weighted CE of rows @ head_weight^T against targets; `coefficients` already hold weight / normaliser."""
+    if implementation not in HEAD_IMPLEMENTATIONS:
+        raise ValueError(f"head_implementation: unknown {implementation!r}; expected one of {HEAD_IMPLEMENTATIONS}")
+    if implementation == "triton" and triton_head_applies(rows):
+        return _TritonLinearCrossEntropy.apply(rows, head_weight, targets, coefficients, mask_token_id)
+    if torch.is_grad_enabled() and (rows.requires_grad or head_weight.requires_grad):
+        return _ChunkedLinearCrossEntropy.apply(rows, head_weight, targets, coefficients, mask_token_id, chunk_size)
+    token_losses, predictions = [], []
+    for start in range(0, rows.shape[0], chunk_size):
+        logits = _chunk_logits(rows[start:start + chunk_size], head_weight, mask_token_id)
+        token_losses.append(F.cross_entropy(logits, targets[start:start + chunk_size], reduction="none"))
+        predictions.append(logits.argmax(-1))
+    token_losses = torch.cat(token_losses) if token_losses else rows.new_zeros(0, dtype=torch.float32)
+    predictions = torch.cat(predictions) if predictions else targets.clone()
+    return (token_losses * coefficients).sum(), token_losses, predictions
+
+
+def triton_head_applies(rows) -> bool:
+    """Where the Triton kernels run: CUDA tensors (or any, under Triton's CPU interpreter TRITON_INTERPRET=1),
+    Triton installed, a hidden size that fits one tile."""
+    if rows.shape[-1] > TRITON_MAX_HIDDEN or not (rows.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    if triton is None:
+        raise ImportError("TDLMConfig.head_implementation='triton' needs the `triton` package on CUDA "
+                          "(pip install triton), or set head_implementation='chunked'")
+    return True
+
+
+def _compute_dtype(rows):
+    device = rows.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else rows.dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunked torch implementation
+# ---------------------------------------------------------------------------------------------
+def _chunk_logits(rows, head_weight, mask_token_id):
+    logits = (rows @ head_weight.to(rows.dtype).t()).float()
+    if mask_token_id is not None:
+        logits[:, mask_token_id] = float("-inf")
+    return logits
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Computes d/d rows and d/d W chunk by chunk in the forward pass; backward only scales them by the
+    output gradient."""
+
+    @staticmethod
+    def forward(ctx, rows, head_weight, targets, coefficients, mask_token_id, chunk_size):
+        compute_dtype = _compute_dtype(rows)
+        weight = head_weight.to(compute_dtype)
+        grad_rows = torch.empty_like(rows)
+        grad_weight = torch.zeros_like(head_weight, dtype=torch.float32)
+        token_losses = rows.new_empty(rows.shape[0], dtype=torch.float32)
+        predictions = targets.new_empty(rows.shape[0])
+        for start in range(0, rows.shape[0], chunk_size):
+            stop = start + chunk_size
+            chunk = rows[start:stop].to(compute_dtype)
+            logits = _chunk_logits(chunk, weight, mask_token_id)
+            log_z = torch.logsumexp(logits, dim=-1)
+            target = targets[start:stop]
+            token_losses[start:stop] = log_z - logits.gather(-1, target[:, None]).squeeze(-1)
+            predictions[start:stop] = logits.argmax(-1)
+            # d CE / d logits = softmax - onehot, scaled by this row's coefficient (in place: logits -> grad)
+            grad_logits = logits.sub_(log_z[:, None]).exp_()
+            grad_logits.scatter_add_(-1, target[:, None], -torch.ones_like(log_z)[:, None])
+            grad_logits = (grad_logits * coefficients[start:stop, None]).to(compute_dtype)
+            grad_rows[start:stop] = (grad_logits @ weight).to(rows.dtype)
+            grad_weight += (grad_logits.t() @ chunk).float()
+        ctx.save_for_backward(grad_rows, grad_weight.to(head_weight.dtype))
+        ctx.mark_non_differentiable(token_losses, predictions)
+        loss = (token_losses * coefficients).sum()
+        return loss, token_losses, predictions
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_token_losses, _grad_predictions):
+        grad_rows, grad_weight = ctx.saved_tensors
+        return grad_rows * grad_loss.to(grad_rows.dtype), grad_weight * grad_loss.to(grad_weight.dtype), \
+            None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels (Cut Cross-Entropy style: logits tiles never leave the chip)
+# ---------------------------------------------------------------------------------------------
+class _TritonLinearCrossEntropy(torch.autograd.Function):
+    """Forward: one kernel for log-sum-exp, target logit and argmax. Backward: one kernel for d rows (a program
+    per row block, looping over the vocabulary) and one for d W (a program per vocabulary block, looping over
+    the rows), so neither needs atomics."""
+
+    @staticmethod
+    def forward(ctx, rows, head_weight, targets, coefficients, mask_token_id):
+        compute_dtype = _compute_dtype(rows)
+        hidden = rows.to(compute_dtype).contiguous()
+        weight = head_weight.to(compute_dtype).contiguous()
+        targets = targets.contiguous()
+        log_z, target_logit, predictions = _triton_forward(hidden, weight, targets, mask_token_id)
+        token_losses = log_z - target_logit
+        ctx.save_for_backward(hidden, weight, targets, coefficients, log_z)
+        ctx.mask_token_id, ctx.rows_dtype, ctx.weight_dtype = mask_token_id, rows.dtype, head_weight.dtype
+        ctx.mark_non_differentiable(token_losses, predictions)
+        return (token_losses * coefficients).sum(), token_losses, predictions
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_token_losses, _grad_predictions):
+        hidden, weight, targets, coefficients, log_z = ctx.saved_tensors
+        scale = (coefficients * grad_loss.float()).contiguous()
+        grad_rows, grad_weight = _triton_backward(hidden, weight, targets, scale, log_z, ctx.mask_token_id)
+        return grad_rows.to(ctx.rows_dtype), grad_weight.to(ctx.weight_dtype), None, None, None
+
+
+def _tile_sizes(hidden_size):
+    block_d = max(16, triton.next_power_of_2(hidden_size))
+    # keep a [BLOCK_M, BLOCK_D] + [BLOCK_V, BLOCK_D] pair and a [BLOCK_M, BLOCK_V] fp32 tile in registers
+    return (64, 128, block_d) if block_d <= 128 else (32, 64, block_d)
+
+
+def _launch_args(hidden, weight, mask_token_id):
+    n_rows, hidden_size = hidden.shape
+    block_m, block_v, block_d = _tile_sizes(hidden_size)
+    common = dict(n_rows=n_rows, vocab_size=weight.shape[0], hidden_size=hidden_size,
+                  mask_token_id=-1 if mask_token_id is None else mask_token_id,
+                  BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_D=block_d,
+                  DOT_PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32", num_warps=8)
+    return common, triton.cdiv(n_rows, block_m), triton.cdiv(weight.shape[0], block_v)
+
+
+def _triton_forward(hidden, weight, targets, mask_token_id):
+    n_rows = hidden.shape[0]
+    log_z = hidden.new_empty(n_rows, dtype=torch.float32)
+    target_logit = torch.empty_like(log_z)
+    predictions = torch.empty(n_rows, dtype=torch.int32, device=hidden.device)
+    if n_rows:
+        common, row_blocks, _ = _launch_args(hidden, weight, mask_token_id)
+        _forward_kernel[(row_blocks,)](hidden, weight, targets, log_z, target_logit, predictions, **common)
+    return log_z, target_logit, predictions.long()
+
+
+def _triton_backward(hidden, weight, targets, scale, log_z, mask_token_id):
+    grad_rows = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    if hidden.shape[0]:
+        common, row_blocks, vocab_blocks = _launch_args(hidden, weight, mask_token_id)
+        _grad_rows_kernel[(row_blocks,)](hidden, weight, targets, scale, log_z, grad_rows, **common)
+        _grad_weight_kernel[(vocab_blocks,)](hidden, weight, targets, scale, log_z, grad_weight, **common)
+    return grad_rows, grad_weight
+
+
+if triton is not None:
+    @triton.jit
+    def _logits_tile(hidden_tile, weight_ptr, vocab_offsets, dim_offsets, vocab_size, hidden_size, mask_token_id,
+                     DOT_PRECISION: tl.constexpr):
+        """[BLOCK_M, BLOCK_V] fp32 logits of one tile, -inf outside the vocabulary and at the mask token;
+        also returns the head tile it loaded."""
+        weight_tile = tl.load(weight_ptr + vocab_offsets[:, None] * hidden_size + dim_offsets[None, :],
+                              mask=(vocab_offsets[:, None] < vocab_size) & (dim_offsets[None, :] < hidden_size),
+                              other=0.0)
+        logits = tl.dot(hidden_tile, tl.trans(weight_tile), input_precision=DOT_PRECISION)
+        valid = (vocab_offsets < vocab_size) & (vocab_offsets != mask_token_id)
+        return tl.where(valid[None, :], logits, float("-inf")), weight_tile
+
+    @triton.jit
+    def _load_rows(hidden_ptr, targets_ptr, row_offsets, dim_offsets, n_rows, hidden_size):
+        row_valid = row_offsets < n_rows
+        hidden_tile = tl.load(hidden_ptr + row_offsets[:, None] * hidden_size + dim_offsets[None, :],
+                              mask=row_valid[:, None] & (dim_offsets[None, :] < hidden_size), other=0.0)
+        targets = tl.load(targets_ptr + row_offsets, mask=row_valid, other=-1)
+        return hidden_tile, targets, row_valid
+
+    @triton.jit
+    def _logits_grad(logits, vocab_offsets, targets, log_z, scale):
+        """d (scale * CE) / d logits = scale * (softmax - onehot); exp(-inf) = 0 at masked columns."""
+        probabilities = tl.exp(logits - log_z[:, None])
+        onehot = tl.where(vocab_offsets[None, :] == targets[:, None], 1.0, 0.0)
+        return (probabilities - onehot) * scale[:, None]
+
+    @triton.jit
+    def _forward_kernel(hidden_ptr, weight_ptr, targets_ptr, log_z_ptr, target_logit_ptr, predictions_ptr,
+                        n_rows, vocab_size, hidden_size, mask_token_id,
+                        BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr):
+        row_offsets = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        dim_offsets = tl.arange(0, BLOCK_D)
+        hidden_tile, targets, row_valid = _load_rows(hidden_ptr, targets_ptr, row_offsets, dim_offsets, n_rows,
+                                                     hidden_size)
+        running_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        running_sum = tl.zeros([BLOCK_M], tl.float32)
+        target_logit = tl.zeros([BLOCK_M], tl.float32)
+        prediction = tl.zeros([BLOCK_M], tl.int32)
+        for vocab_start in range(0, vocab_size, BLOCK_V):
+            vocab_offsets = vocab_start + tl.arange(0, BLOCK_V)
+            logits, _ = _logits_tile(hidden_tile, weight_ptr, vocab_offsets, dim_offsets, vocab_size, hidden_size,
+                                     mask_token_id, DOT_PRECISION)
+            tile_max = tl.max(logits, 1)
+            # strict >: the first maximum wins, as torch.argmax
+            prediction = tl.where(tile_max > running_max, vocab_start + tl.argmax(logits, 1), prediction)
+            new_max = tl.maximum(running_max, tile_max)
+            running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), 1)
+            running_max = new_max
+            target_logit += tl.sum(tl.where(vocab_offsets[None, :] == targets[:, None], logits, 0.0), 1)
+        tl.store(log_z_ptr + row_offsets, running_max + tl.log(running_sum), mask=row_valid)
+        tl.store(target_logit_ptr + row_offsets, target_logit, mask=row_valid)
+        tl.store(predictions_ptr + row_offsets, prediction, mask=row_valid)
+
+    @triton.jit
+    def _grad_rows_kernel(hidden_ptr, weight_ptr, targets_ptr, scale_ptr, log_z_ptr, grad_rows_ptr,
+                          n_rows, vocab_size, hidden_size, mask_token_id,
+                          BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                          DOT_PRECISION: tl.constexpr):
+        row_offsets = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        dim_offsets = tl.arange(0, BLOCK_D)
+        hidden_tile, targets, row_valid = _load_rows(hidden_ptr, targets_ptr, row_offsets, dim_offsets, n_rows,
+                                                     hidden_size)
+        log_z = tl.load(log_z_ptr + row_offsets, mask=row_valid, other=0.0)
+        scale = tl.load(scale_ptr + row_offsets, mask=row_valid, other=0.0)
+        grad_rows = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for vocab_start in range(0, vocab_size, BLOCK_V):
+            vocab_offsets = vocab_start + tl.arange(0, BLOCK_V)
+            logits, weight_tile = _logits_tile(hidden_tile, weight_ptr, vocab_offsets, dim_offsets, vocab_size,
+                                               hidden_size, mask_token_id, DOT_PRECISION)
+            grad_logits = _logits_grad(logits, vocab_offsets, targets, log_z, scale)
+            grad_rows += tl.dot(grad_logits.to(weight_tile.dtype), weight_tile, input_precision=DOT_PRECISION)
+        tl.store(grad_rows_ptr + row_offsets[:, None] * hidden_size + dim_offsets[None, :], grad_rows,
+                 mask=row_valid[:, None] & (dim_offsets[None, :] < hidden_size))
+
+    @triton.jit
+    def _grad_weight_kernel(hidden_ptr, weight_ptr, targets_ptr, scale_ptr, log_z_ptr, grad_weight_ptr,
+                            n_rows, vocab_size, hidden_size, mask_token_id,
+                            BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                            DOT_PRECISION: tl.constexpr):
+        vocab_offsets = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
+        dim_offsets = tl.arange(0, BLOCK_D)
+        grad_weight = tl.zeros([BLOCK_V, BLOCK_D], tl.float32)
+        for row_start in range(0, n_rows, BLOCK_M):
+            row_offsets = row_start + tl.arange(0, BLOCK_M)
+            hidden_tile, targets, row_valid = _load_rows(hidden_ptr, targets_ptr, row_offsets, dim_offsets, n_rows,
+                                                         hidden_size)
+            log_z = tl.load(log_z_ptr + row_offsets, mask=row_valid, other=0.0)
+            scale = tl.load(scale_ptr + row_offsets, mask=row_valid, other=0.0)  # 0 beyond n_rows: no gradient
+            logits, _ = _logits_tile(hidden_tile, weight_ptr, vocab_offsets, dim_offsets, vocab_size, hidden_size,
+                                     mask_token_id, DOT_PRECISION)
+            grad_logits = _logits_grad(logits, vocab_offsets, targets, log_z, scale)
+            grad_weight += tl.dot(tl.trans(grad_logits.to(hidden_tile.dtype)), hidden_tile,
+                                  input_precision=DOT_PRECISION)
+        tl.store(grad_weight_ptr + vocab_offsets[:, None] * hidden_size + dim_offsets[None, :], grad_weight,
+                 mask=(vocab_offsets[:, None] < vocab_size) & (dim_offsets[None, :] < hidden_size))

@@ -1,0 +1,82 @@
+"""The benchmark and the one-shot GPU script, run on CPU at CI-safe size; the compiled backbone."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tdlm.experiment import load_config
+from tdlm.trainer import build_model, build_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "wikitext-2-raw"
+
+
+@pytest.mark.slow
+def test_gpu_checks_script_runs_benchmark_and_study_on_cpu(tmp_path):
+    """scripts/gpu_checks.sh end to end with a tiny config: every table row and study file it promises."""
+    assert DATA.exists(), f"{DATA} is missing (the offline data lives in ../shared/data)"
+    out, study = tmp_path / "out", tmp_path / "study"
+    env = {**os.environ, "OUT": str(out), "STUDY_DIR": str(study), "CUDA_VISIBLE_DEVICES": "",
+           "BENCH_CONFIG": "configs/quick_test.yaml", "HEADS": "chunked,triton", "COMPILE": "false",
+           "BENCH_ARGS": "--steps 2 --warmup 1 --sampling-steps 4 --sampling-batch 2 --sampling-length 16 "
+                         "--repeats 1 training.batch_size=8",
+           "STUDY_CONFIG": "configs/quick_test.yaml", "EPOCHS": "1", "BUDGETS": "2%,4%", "EVAL_EVERY": "1",
+           "EVAL_BLOCKS": "4", "STUDY_OVERRIDES": "training.batch_size=8"}
+    env.pop("TRITON_INTERPRET", None)
+    result = subprocess.run(["bash", "scripts/gpu_checks.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no GPU" in (out / "gpu.txt").read_text()
+
+    report = json.loads((out / "benchmark.json").read_text())
+    assert report["device"] == "cpu" and report["batch_size"] == 8
+    rows = {(r["mode"], r["path"], r["head_implementation"]) for r in report["training"]}
+    for mode in ("autoregressive", "diffusion"):
+        assert {(mode, "trainer", "chunked"), (mode, "trainer", "triton"), (mode, "bare_loop", "chunked")} <= rows
+    for row in report["training"]:
+        assert row["tokens_per_second"] > 0 and row["timed_steps"] == 2
+        assert row["path"] == "bare_loop" or "overhead_vs_bare_loop" in row
+    assert len(report["loss_check"]) == 4
+    for check in report["loss_check"]:  # fp32 on CPU: the fused head equals full-logits autograd
+        assert check["relative_loss_difference"] < 1e-5 and check["relative_grad_difference"] < 1e-4
+    assert {row["method"] for row in report["sampling"]} == {"diffusion", "diffusion+threshold", "autoregressive"}
+    assert "| mode | path | head | compile |" in (out / "benchmark.log").read_text()
+
+    summary = json.loads((out / "study.json").read_text())
+    assert {(a["mode"], a["budget"]) for a in summary["arms"]} == {
+        (m, b) for m in ("ar", "diffusion", "ar_regularized") for b in (0.02, 0.04)}
+    assert (out / "study.md").exists() and (out / "study.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_compiled_backbone_trains_like_eager():
+    """training.torch_compile compiles the backbone in place (state dict unchanged) and gives the eager losses."""
+    config = load_config(str(ROOT / "configs" / "quick_test.yaml"),
+                         ["model.hidden_size=32", "model.num_hidden_layers=1", "model.intermediate_size=64"])
+    tokenizer = build_tokenizer(config)
+    losses, names = {}, {}
+    for compiled in (False, True):
+        config["training"]["torch_compile"] = compiled
+        torch.manual_seed(0)
+        model = build_model(config, tokenizer).train()
+        names[compiled] = sorted(model.state_dict())
+        assert (getattr(model.model, "_compiled_call_impl", None) is not None) == compiled
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        ids = torch.randint(0, 500, (4, 16), generator=torch.Generator().manual_seed(1))
+        labels = ids.masked_fill(torch.rand(ids.shape, generator=torch.Generator().manual_seed(2)) < 0.5, -100)
+        inputs = ids.masked_fill(labels != -100, model.config.mask_token_id)
+        history = []
+        for _ in range(3):
+            loss = model(inputs, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            history.append(loss.item())
+        losses[compiled] = history
+    assert names[True] == names[False]  # no "_orig_mod." prefixes: checkpoints stay loadable
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    assert losses[False][2] < losses[False][0]  # it trains

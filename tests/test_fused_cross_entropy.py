@@ -1,0 +1,134 @@
+"""The fused LM head + cross-entropy: the Triton kernels (run by Triton's CPU interpreter, TRITON_INTERPRET=1)
+against the chunked torch path, which tests/test_model.py checks against full-logits autograd; and the
+`head_implementation` switch."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tdlm import TDLMConfig, TDLMForMaskedDiffusion
+from tdlm import fused_cross_entropy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs in a fresh interpreter: TRITON_INTERPRET must be set before the kernels are decorated.
+INTERPRETED_CHECKS = textwrap.dedent("""
+    import torch
+    from tdlm import TDLMConfig, TDLMForMaskedDiffusion
+    from tdlm.fused_cross_entropy import _TritonLinearCrossEntropy, linear_cross_entropy
+
+    def run(implementation, rows, weight, targets, coefficients, mask_id, autocast_dtype=None, grad_scale=3.0):
+        rows = rows.detach().clone().requires_grad_()
+        weight = weight.detach().clone().requires_grad_()
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.float16, enabled=autocast_dtype is not None):
+            if implementation == "triton":
+                loss, losses, predictions = _TritonLinearCrossEntropy.apply(rows, weight, targets, coefficients, mask_id)
+            else:
+                loss, losses, predictions = linear_cross_entropy(rows, weight, targets, coefficients, mask_id,
+                                                                 "chunked", chunk_size=32)
+        (loss * grad_scale).backward()
+        return loss.detach(), losses, predictions, rows.grad, weight.grad
+
+    def relative(a, b):
+        return float((a - b).norm() / b.norm())
+
+    # odd sizes: 70 rows (not a multiple of BLOCK_M=64), hidden 24 (padded to 32), vocab 300 (not a multiple of
+    # BLOCK_V=128), the mask token inside the vocabulary
+    torch.manual_seed(0)
+    rows, weight = torch.randn(70, 24), torch.randn(300, 24) * 0.5
+    targets, coefficients = torch.randint(0, 299, (70,)), torch.rand(70) / 70
+    mask_id = 150
+    targets[targets == mask_id] = 0
+    triton_out = run("triton", rows, weight, targets, coefficients, mask_id)
+    chunked_out = run("chunked", rows, weight, targets, coefficients, mask_id)
+    for name, a, b in zip(("loss", "token_losses", "predictions", "grad_rows", "grad_weight"), triton_out, chunked_out):
+        assert a.shape == b.shape and a.dtype == b.dtype, (name, a.shape, b.shape, a.dtype, b.dtype)
+        if name == "predictions":
+            assert torch.equal(a, b), name
+        else:  # fp32 throughout: only summation order differs
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+    assert int((triton_out[2] == mask_id).sum()) == 0  # the mask token is never predicted
+    assert float(triton_out[4][mask_id].abs().max()) == 0.0  # and gets no gradient
+
+    # fp16 autocast: both paths round the logits gradient to fp16 (eps 2^-11 ~ 4.9e-4); the chunked path also
+    # rounds the logits themselves, the kernels keep them in fp32. Bound: a few eps, relative.
+    rows, weight = torch.randn(130, 128), torch.randn(520, 128) * 0.1
+    targets, coefficients = torch.randint(4, 520, (130,)), torch.rand(130) / 130
+    triton_out = run("triton", rows, weight, targets, coefficients, 3, torch.float16)
+    chunked_out = run("chunked", rows, weight, targets, coefficients, 3, torch.float16)
+    eps = 2.0 ** -11
+    assert relative(triton_out[1], chunked_out[1]) < 4 * eps
+    assert relative(triton_out[3], chunked_out[3]) < 4 * eps and relative(triton_out[4], chunked_out[4]) < 4 * eps
+    assert float((triton_out[2] == chunked_out[2]).float().mean()) > 0.95  # argmax may flip on near-ties
+
+    # no supervised rows: zero loss and zero gradients, no kernel launch on an empty grid
+    empty = run("triton", rows[:0], weight, targets[:0], coefficients[:0], 3)
+    assert float(empty[0]) == 0.0 and empty[1].numel() == 0 and float(empty[4].abs().sum()) == 0.0
+
+    # end to end: the same model with head_implementation "triton" and "chunked" gives the same loss and gradients
+    results = {}
+    for implementation in ("chunked", "triton"):
+        torch.manual_seed(0)
+        config = TDLMConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, max_position_embeddings=64, mask_token_id=96, pad_token_id=0,
+                            bos_token_id=0, eos_token_id=0, head_implementation=implementation)
+        model = TDLMForMaskedDiffusion(config)
+        ids = torch.randint(1, 96, (3, 20), generator=torch.Generator().manual_seed(1))
+        masked = torch.rand(ids.shape, generator=torch.Generator().manual_seed(2)) < 0.5
+        output = model(ids.masked_fill(masked, 96), labels=ids.masked_fill(~masked, -100),
+                       loss_weights=torch.full(ids.shape, 2.0), num_items_in_batch=ids.numel())
+        output.loss.backward()
+        with torch.no_grad():  # the evaluation path (forward kernel only)
+            scored = model(ids.masked_fill(masked, 96), labels=ids.masked_fill(~masked, -100))
+        results[implementation] = (output.loss.detach(), output.token_predictions, scored.token_losses,
+                                   {n: p.grad for n, p in model.named_parameters()})
+    (loss_c, pred_c, eval_c, grads_c), (loss_t, pred_t, eval_t, grads_t) = results["chunked"], results["triton"]
+    torch.testing.assert_close(loss_t, loss_c, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eval_t, eval_c, atol=1e-5, rtol=1e-5)
+    assert torch.equal(pred_t, pred_c)
+    for name in grads_c:
+        torch.testing.assert_close(grads_t[name], grads_c[name], atol=1e-5, rtol=1e-4, msg=name)
+    print("interpreted checks passed")
+""")
+
+
+def test_triton_kernels_match_the_chunked_head_under_the_interpreter():
+    pytest.importorskip("triton", reason="Triton ships for Linux x86_64 only; the kernels exist only where it does")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", INTERPRETED_CHECKS], capture_output=True, text=True, env=env,
+                            cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "interpreted checks passed" in result.stdout
+
+
+def test_head_implementation_is_validated():
+    with pytest.raises(ValueError, match="TDLMConfig.head_implementation"):
+        TDLMConfig(head_implementation="cuda")
+    with pytest.raises(ValueError, match="head_implementation"):
+        fused_cross_entropy.linear_cross_entropy(torch.zeros(1, 4), torch.zeros(3, 4), torch.zeros(1, dtype=torch.long),
+                                                 torch.ones(1), None, "fast")
+
+
+def test_triton_head_falls_back_to_chunked_off_cuda(monkeypatch):
+    """On CPU tensors (without the interpreter) "triton" runs the chunked path: same numbers, no kernel call."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    calls = []
+    monkeypatch.setattr(fused_cross_entropy._TritonLinearCrossEntropy, "apply",
+                        lambda *args: calls.append(args) or None)
+    losses = {}
+    for implementation in ("chunked", "triton"):
+        torch.manual_seed(0)
+        model = TDLMForMaskedDiffusion(TDLMConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                  num_attention_heads=2, intermediate_size=32, mask_token_id=49,
+                                                  pad_token_id=0, bos_token_id=0, eos_token_id=0,
+                                                  head_implementation=implementation))
+        ids = torch.randint(1, 49, (2, 8), generator=torch.Generator().manual_seed(1))
+        losses[implementation] = model(ids.masked_fill(ids % 2 == 0, 49), labels=ids.masked_fill(ids % 2 == 1, -100)).loss
+    assert not calls
+    assert torch.equal(losses["triton"], losses["chunked"])
+    assert fused_cross_entropy.triton_head_applies(torch.zeros(2, 16)) is False
