@@ -413,7 +413,7 @@ def build_model(config: dict, tokenizer):
         from .peft_utils import apply_lora
 
         model = apply_lora(model, config["peft"])
-    if config["training"]["torch_compile"]:
+    if config["training"]["torch_compile"] or config["training"]["torch_compile_mode"]:  # a mode implies compile, as in HF
         compile_backbone(model, config["training"]["torch_compile_mode"])
     return model
 

@@ -49,6 +49,8 @@ def test_overrides_parse_yaml_values():
     ("diffusion.noise_schedule=sqrt", "diffusion.noise_schedule"),
     ("training.cleanup_checkpoints=3", "training.cleanup_checkpoints: expected bool"),
     ("model.max_position_embeddings=8", "model.max_position_embeddings"),
+    ("model.head_implementation=cuda", "model.head_implementation"),
+    ("training.torch_compile_mode=fast", "training.torch_compile_mode"),
 ])
 def test_bad_keys_and_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
