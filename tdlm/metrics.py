@@ -27,7 +27,7 @@ LEVEL_BOUNDARIES = (0.3, 0.7)  # mask ratio: [0, 0.3) low, [0.3, 0.7) medium, [0
 def corruption_levels(mask_ratio: torch.Tensor) -> torch.LongTensor:
     """0 / 1 / 2 for low / medium / high corruption."""
     boundaries = torch.tensor(LEVEL_BOUNDARIES, dtype=mask_ratio.dtype, device=mask_ratio.device)
-    return torch.bucketize(mask_ratio, boundaries, right=True)
+    return torch.bucketize(mask_ratio.contiguous(), boundaries, right=True)
 
 
 # ---------------------------------------------------------------------------------------------
