@@ -33,8 +33,8 @@ class TDLMConfig(PretrainedConfig):
         antithetic_sampling: low-discrepancy t across a batch (t_i = (u + i/B) mod 1).
         time_epsilon: t is never below this, so the ELBO weight -a'_t/(1-a_t) stays finite.
         head_implementation: how the LM head and its cross-entropy are fused during training: "chunked"
-            (torch ops over row chunks, any device) or "triton" (Triton kernels that keep logits on chip,
-            CUDA only; other devices use "chunked"). Both give the same loss within bf16 rounding.
+            (torch ops over row chunks, any device) or "triton" (Triton kernels that keep logits on chip, on
+            CUDA with hidden_size <= 256; elsewhere "chunked" runs). Both give the same loss within bf16 rounding.
     """
 
     model_type = "tdlm"

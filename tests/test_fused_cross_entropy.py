@@ -55,6 +55,17 @@ INTERPRETED_CHECKS = textwrap.dedent("""
     assert int((triton_out[2] == mask_id).sum()) == 0  # the mask token is never predicted
     assert float(triton_out[4][mask_id].abs().max()) == 0.0  # and gets no gradient
 
+    # tile edge cases: rows and vocabulary exact multiples of the tiles, fewer rows than a tile, the hidden size 256
+    # tiling (BLOCK_M 32, BLOCK_V 64), zero coefficients
+    for n_rows, hidden, vocab in ((64, 128, 256), (5, 256, 130), (130, 40, 128)):
+        rows, weight = torch.randn(n_rows, hidden), torch.randn(vocab, hidden) * 0.2
+        targets, coefficients = torch.randint(0, vocab - 1, (n_rows,)), torch.rand(n_rows)
+        coefficients[::3] = 0.0
+        for name, a, b in zip(("loss", "token_losses", "predictions", "grad_rows", "grad_weight"),
+                              run("triton", rows, weight, targets, coefficients, vocab - 1),
+                              run("chunked", rows, weight, targets, coefficients, vocab - 1)):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"{name} at {(n_rows, hidden, vocab)}")
+
     # fp16 autocast: both paths round the logits gradient to fp16 (eps 2^-11 ~ 4.9e-4); the chunked path also
     # rounds the logits themselves, the kernels keep them in fp32. Bound: a few eps, relative.
     rows, weight = torch.randn(130, 128), torch.randn(520, 128) * 0.1
