@@ -10,6 +10,7 @@ import platform
 import statistics
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -222,14 +223,16 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
               "training": [], "loss_check": [], "sampling": []}
     for mode in modes:
         for head in head_variants:
-            report["loss_check"].append({"mode": mode, "head_implementation": head,
-                                         **loss_agreement(_variant(config, head), tokenizer, mode, device)})
+            check = _guarded(loss_agreement, _variant(config, head), tokenizer, mode, device)
+            report["loss_check"].append({"mode": mode, "head_implementation": head, **check})
         bare = benchmark_bare_loop(config, tokenizer, mode, device, steps, warmup)
         for head in head_variants:
             for compiled in compile_variants:
-                row = benchmark_trainer(_variant(config, head, compiled), tokenizer, mode, device, steps, warmup)
-                row.update(mode=mode, path="trainer", head_implementation=head, torch_compile=compiled,
-                           overhead_vs_bare_loop=row["median_step_s"] / bare["median_step_s"] - 1.0)
+                row = _guarded(benchmark_trainer, _variant(config, head, compiled), tokenizer, mode, device, steps,
+                               warmup)
+                row.update(mode=mode, path="trainer", head_implementation=head, torch_compile=compiled)
+                if "error" not in row:
+                    row["overhead_vs_bare_loop"] = row["median_step_s"] / bare["median_step_s"] - 1.0
                 report["training"].append(row)
         report["training"].append({**bare, "mode": mode, "path": "bare_loop", "torch_compile": False,
                                    "head_implementation": config["model"]["head_implementation"]})
@@ -239,6 +242,16 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(report, indent=2))
     return report
+
+
+def _guarded(measure, *args) -> dict:
+    """One variant's failure (a kernel that does not compile on this GPU) is reported, not fatal: GPU time is scarce
+    and the other rows of the run still count."""
+    try:
+        return measure(*args)
+    except Exception as error:  # noqa: BLE001 - recorded in the report and printed
+        traceback.print_exc()
+        return {"error": f"{type(error).__name__}: {error}"[:500]}
 
 
 def _variant(config: dict, head_implementation: str, torch_compile: bool | None = None) -> dict:
@@ -273,6 +286,10 @@ def format_report(report: dict) -> str:
              "", "| mode | path | head | compile | tokens/s | median step (ms) | peak mem (GB) | MFU | overhead vs bare |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in report["training"]:
+        if "error" in row:
+            lines.append(f"| {row['mode']} | {row['path']} | {row['head_implementation']} | {row['torch_compile']} | "
+                         f"failed: {row['error']} | | | | |")
+            continue
         mem = f"{row['peak_memory_gb']:.1f}" if row.get("peak_memory_gb") is not None else "-"
         mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") else "-"
         overhead = f"{100 * row['overhead_vs_bare_loop']:+.1f}%" if "overhead_vs_bare_loop" in row else "-"
@@ -282,6 +299,9 @@ def format_report(report: dict) -> str:
     lines += ["", "| mode | head | fused loss | reference loss | rel. loss diff | rel. head-grad diff |",
               "|---|---|---|---|---|---|"]
     for row in report["loss_check"]:
+        if "error" in row:
+            lines.append(f"| {row['mode']} | {row['head_implementation']} | failed: {row['error']} | | | |")
+            continue
         lines.append(f"| {row['mode']} | {row['head_implementation']} | {row['fused_loss']:.5f} | {row['reference_loss']:.5f} | "
                      f"{row['relative_loss_difference']:.2e} | {row['relative_grad_difference']:.2e} |")
     if report["sampling"]:

@@ -80,3 +80,27 @@ def test_compiled_backbone_trains_like_eager():
     assert names[True] == names[False]  # no "_orig_mod." prefixes: checkpoints stay loadable
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     assert losses[False][2] < losses[False][0]  # it trains
+
+
+def test_a_failing_variant_is_reported_and_the_run_goes_on(monkeypatch, tmp_path):
+    """A head variant that fails (say, a kernel that does not compile on some GPU) must not lose the other rows."""
+    import tdlm.benchmark as benchmark
+
+    real_check = benchmark.loss_agreement
+
+    def check(config, *args):
+        if config["model"]["head_implementation"] == "triton":
+            raise RuntimeError("kernel did not compile")
+        return real_check(config, *args)
+
+    monkeypatch.setattr(benchmark, "loss_agreement", check)
+    config = load_config(str(ROOT / "configs" / "quick_test.yaml"), ["training.batch_size=4", "data.block_size=16"])
+    report = benchmark.run_benchmark(config, device="cpu", steps=1, warmup=1, modes=("diffusion",),
+                                     head_variants=("chunked", "triton"), output=tmp_path / "report.json")
+    checks = {row["head_implementation"]: row for row in report["loss_check"]}
+    assert checks["triton"]["error"] == "RuntimeError: kernel did not compile"
+    assert checks["chunked"]["relative_loss_difference"] < 1e-5
+    assert [row["head_implementation"] for row in report["training"]] == ["chunked", "triton", "chunked"]
+    table = benchmark.format_report(report)
+    assert "| diffusion | triton | failed: RuntimeError: kernel did not compile |" in table
+    assert json.loads((tmp_path / "report.json").read_text())["loss_check"][1]["error"]
