@@ -7,6 +7,9 @@ from .schedules import get_noise_schedule
 from .tokenization import load_tokenizer, train_bpe_tokenizer
 
 __version__ = "0.1.0"
+__all__ = ["TDLMConfig", "DiffusionGenerationConfig", "DiffusionGenerationMixin", "DiffusionGenerationOutput",
+           "TDLMForCausalLM", "TDLMForMaskedDiffusion", "TDLMModel", "TDLMOutput", "TDLMPreTrainedModel",
+           "get_noise_schedule", "load_tokenizer", "train_bpe_tokenizer", "MODEL_CLASSES", "model_class_for"]
 
 MODEL_CLASSES = {"diffusion": TDLMForMaskedDiffusion, "autoregressive": TDLMForCausalLM}
 

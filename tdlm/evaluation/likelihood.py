@@ -284,7 +284,6 @@ def diffusion_conditional_loglikelihood(model, encoded, keys, mc_num: int = 128,
     model.eval()
     mask_id = model.config.mask_token_id
     max_length = model.config.max_position_embeddings
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     results = []
     for (context, continuation), key in _progress(list(zip(encoded, keys)), "diffusion loglikelihood",
                                                   disable=not show_progress):

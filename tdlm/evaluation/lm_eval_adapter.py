@@ -15,8 +15,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from .checkpoints import load_checkpoint
-from .likelihood import (conditional_loglikelihood, diffusion_nelbo_samples, is_diffusion, make_blocks,
-                         prefix_token_id)
+from .likelihood import (conditional_loglikelihood, diffusion_nelbo_samples, is_diffusion, prefix_token_id)
 
 
 @register_model("tdlm")
