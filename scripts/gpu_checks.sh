@@ -6,7 +6,9 @@
 #   OUT=gpu_out bash scripts/gpu_checks.sh
 #   EPOCHS=200 BUDGETS=25%,50%,100% STUDY_OVERRIDES="model.head_implementation=triton" bash scripts/gpu_checks.sh
 # Every setting is an environment variable (defaults below); tests/test_benchmark.py runs this script on CPU with a
-# tiny config.
+# tiny config. Budget: the benchmark ~4-6 min (four torch.compile variants), the study ~8-10 min at the defaults with the
+# chunked head; within one 15-minute GPU allowance use EPOCHS=200 BUDGETS=25%,100% or run the two parts on two
+# machines. Both write their JSON as they go, so a timeout keeps what was measured.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 BENCH_CONFIG=${BENCH_CONFIG:-configs/example_config.yaml}
@@ -21,7 +23,7 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU: $(uname -m) CPU"; } \
     | tee "$OUT/gpu.txt"
 # shellcheck disable=SC2086  # BENCH_ARGS and STUDY_OVERRIDES are word lists
-timeout "${BENCH_TIMEOUT:-300}" python scripts/benchmark.py --config "$BENCH_CONFIG" $BENCH_ARGS \
+timeout "${BENCH_TIMEOUT:-360}" python scripts/benchmark.py --config "$BENCH_CONFIG" $BENCH_ARGS \
     --head-implementations "$HEADS" --compile "$COMPILE" --output "$OUT/benchmark.json" 2>&1 \
     | grep -v "it/s\]" | tee "$OUT/benchmark.log"
 # shellcheck disable=SC2086

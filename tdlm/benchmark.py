@@ -221,11 +221,20 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
               "transformers": transformers.__version__, "precision": config["training"]["mixed_precision"],
               "batch_size": config["training"]["batch_size"], "sequence_length": config["data"]["block_size"],
               "training": [], "loss_check": [], "sampling": []}
+
+    def save():  # after every measurement: a run cut off by a time limit keeps what it measured
+        if output:
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+            Path(output).write_text(json.dumps(report, indent=2))
+
     for mode in modes:
         for head in head_variants:
             check = _guarded(loss_agreement, _variant(config, head), tokenizer, mode, device)
             report["loss_check"].append({"mode": mode, "head_implementation": head, **check})
         bare = benchmark_bare_loop(config, tokenizer, mode, device, steps, warmup)
+        report["training"].append({**bare, "mode": mode, "path": "bare_loop", "torch_compile": False,
+                                   "head_implementation": config["model"]["head_implementation"]})
+        save()
         for head in head_variants:
             for compiled in compile_variants:
                 row = _guarded(benchmark_trainer, _variant(config, head, compiled), tokenizer, mode, device, steps,
@@ -234,13 +243,10 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
                 if "error" not in row:
                     row["overhead_vs_bare_loop"] = row["median_step_s"] / bare["median_step_s"] - 1.0
                 report["training"].append(row)
-        report["training"].append({**bare, "mode": mode, "path": "bare_loop", "torch_compile": False,
-                                   "head_implementation": config["model"]["head_implementation"]})
+                save()
     if sampling:
         report["sampling"] = benchmark_sampling_for(config, tokenizer, device, **sampling)
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(report, indent=2))
+        save()
     return report
 
 

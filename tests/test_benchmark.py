@@ -100,7 +100,8 @@ def test_a_failing_variant_is_reported_and_the_run_goes_on(monkeypatch, tmp_path
     checks = {row["head_implementation"]: row for row in report["loss_check"]}
     assert checks["triton"]["error"] == "RuntimeError: kernel did not compile"
     assert checks["chunked"]["relative_loss_difference"] < 1e-5
-    assert [row["head_implementation"] for row in report["training"]] == ["chunked", "triton", "chunked"]
+    assert [(row["path"], row["head_implementation"]) for row in report["training"]] == [
+        ("bare_loop", "chunked"), ("trainer", "chunked"), ("trainer", "triton")]
     table = benchmark.format_report(report)
     assert "| diffusion | triton | failed: RuntimeError: kernel did not compile |" in table
     assert json.loads((tmp_path / "report.json").read_text())["loss_check"][1]["error"]
