@@ -203,6 +203,13 @@ if triton is not None:
         return hidden_tile, targets, row_valid
 
     @triton.jit
+    def _load_row_statistics(log_z_ptr, scale_ptr, row_offsets, row_valid):
+        """log-sum-exp and gradient scale of a row block; 0 beyond n_rows, so padding rows get no gradient."""
+        log_z = tl.load(log_z_ptr + row_offsets, mask=row_valid, other=0.0)
+        scale = tl.load(scale_ptr + row_offsets, mask=row_valid, other=0.0)
+        return log_z, scale
+
+    @triton.jit
     def _logits_grad(logits, vocab_offsets, targets, log_z, scale):
         """d (scale * CE) / d logits = scale * (softmax - onehot); exp(-inf) = 0 at masked columns."""
         probabilities = tl.exp(logits - log_z[:, None])
@@ -246,8 +253,7 @@ if triton is not None:
         dim_offsets = tl.arange(0, BLOCK_D)
         hidden_tile, targets, row_valid = _load_rows(hidden_ptr, targets_ptr, row_offsets, dim_offsets, n_rows,
                                                      hidden_size)
-        log_z = tl.load(log_z_ptr + row_offsets, mask=row_valid, other=0.0)
-        scale = tl.load(scale_ptr + row_offsets, mask=row_valid, other=0.0)
+        log_z, scale = _load_row_statistics(log_z_ptr, scale_ptr, row_offsets, row_valid)
         grad_rows = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for vocab_start in range(0, vocab_size, BLOCK_V):
             vocab_offsets = vocab_start + tl.arange(0, BLOCK_V)
@@ -270,8 +276,7 @@ if triton is not None:
             row_offsets = row_start + tl.arange(0, BLOCK_M)
             hidden_tile, targets, row_valid = _load_rows(hidden_ptr, targets_ptr, row_offsets, dim_offsets, n_rows,
                                                          hidden_size)
-            log_z = tl.load(log_z_ptr + row_offsets, mask=row_valid, other=0.0)
-            scale = tl.load(scale_ptr + row_offsets, mask=row_valid, other=0.0)  # 0 beyond n_rows: no gradient
+            log_z, scale = _load_row_statistics(log_z_ptr, scale_ptr, row_offsets, row_valid)
             logits, _ = _logits_tile(hidden_tile, weight_ptr, vocab_offsets, dim_offsets, vocab_size, hidden_size,
                                      mask_token_id, DOT_PRECISION)
             grad_logits = _logits_grad(logits, vocab_offsets, targets, log_z, scale)
