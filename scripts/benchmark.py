@@ -30,6 +30,8 @@ def main(argv=None):
     parser.add_argument("--sampling-length", type=int, default=256)
     parser.add_argument("--confidence-threshold", type=float, default=0.9)
     parser.add_argument("--repeats", type=int, default=3, help="sampling repeats (median)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile a few bare-loop steps per head: device busy vs wall time, top kernels")
     parser.add_argument("--output", default="results/benchmark.json")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
@@ -44,7 +46,7 @@ def main(argv=None):
                            modes=tuple(args.modes.split(",")),
                            compile_variants=tuple(v.strip() == "true" for v in args.compile.split(",")),
                            head_variants=args.head_implementations.split(",") if args.head_implementations else None,
-                           sampling=sampling, output=args.output)
+                           sampling=sampling, profile=args.profile, output=args.output)
     print(format_report(report))
     print(f"\nwritten: {args.output}")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # All GPU checks in one run (the GPU is lent for ~15 minutes per task): the training + sampling benchmark (AR vs
 # diffusion; chunked vs Triton fused head, eager vs compiled backbone, each against a bare loop; the fused-loss check
-# per head), then the data-constrained study. Prints compact tables; files land in $OUT.
+# and a kernel profile per head), then the data-constrained study. Prints compact tables; files land in $OUT.
 # Usage on the GPU machine, from the repo root, with ../shared/data present (or DATA=path/to/data):
 #   OUT=gpu_out bash scripts/gpu_checks.sh
 #   EPOCHS=200 BUDGETS=25%,50%,100% STUDY_OVERRIDES="model.head_implementation=triton" bash scripts/gpu_checks.sh
@@ -12,7 +12,7 @@
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 BENCH_CONFIG=${BENCH_CONFIG:-configs/example_config.yaml}
-BENCH_ARGS=${BENCH_ARGS:---steps 15 --warmup 5 --sampling-steps 16,32,64,256 --sampling-batch 8 --sampling-length 256 --repeats 3}
+BENCH_ARGS=${BENCH_ARGS:---steps 15 --warmup 5 --sampling-steps 16,32,64,256 --sampling-batch 8 --sampling-length 256 --repeats 3 --profile}
 HEADS=${HEADS:-chunked,triton}
 COMPILE=${COMPILE:-false,true}
 STUDY_CONFIG=${STUDY_CONFIG:-configs/study_gpu.yaml}

@@ -128,8 +128,9 @@ def _loss_fn(model, mode, schedule, generator):
     return loss
 
 
-def benchmark_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, steps: int, warmup: int) -> dict:
-    """The same model, loss and AdamW in a plain PyTorch loop: the floor the Trainer path is compared with."""
+def _bare_loop(config: dict, tokenizer, mode: str, device: torch.device, num_steps: int):
+    """The same model, loss and AdamW in a plain PyTorch loop. Returns (step(i): one synchronised optimizer step on
+    batch i, tokens per step)."""
     from .trainer import build_model
 
     config = json.loads(json.dumps(config))
@@ -138,27 +139,68 @@ def benchmark_bare_loop(config: dict, tokenizer, mode: str, device: torch.device
     model = build_model(config, tokenizer).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=t["learning_rate"], weight_decay=t["weight_decay"],
                                   fused=device.type == "cuda")
-    length = config["data"]["block_size"]
-    blocks = _random_blocks(t["batch_size"] * (steps + warmup), length, model.config.vocab_size,
+    length, batch_size = config["data"]["block_size"], t["batch_size"]
+    blocks = _random_blocks(batch_size * num_steps, length, model.config.vocab_size,
                             model.config.mask_token_id).to(device)
     schedule = get_noise_schedule(model.config.noise_schedule)
     loss_fn = _loss_fn(model, mode, schedule, torch.Generator(device=device).manual_seed(0))
-    precision = t["mixed_precision"]
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    times = []
-    for step in range(steps + warmup):
-        batch = blocks[step * t["batch_size"]:(step + 1) * t["batch_size"]]
-        _sync(device)
-        start = time.perf_counter()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t["mixed_precision"])
+
+    def step(index):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = loss_fn(batch)
+            loss = loss_fn(blocks[index * batch_size:(index + 1) * batch_size])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t["max_grad_norm"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
+    return step, batch_size * length
+
+
+def benchmark_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, steps: int, warmup: int) -> dict:
+    """Tokens/s of the bare loop: the floor the Trainer path is compared with."""
+    step, tokens_per_step = _bare_loop(config, tokenizer, mode, device, steps + warmup)
+    times = []
+    for index in range(steps + warmup):
+        _sync(device)
+        start = time.perf_counter()
+        step(index)
         times.append(time.perf_counter() - start)
-    return _summary(times, warmup, t["batch_size"] * length)
+    return _summary(times, warmup, tokens_per_step)
+
+
+def profile_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, steps: int = 3, warmup: int = 2,
+                      top: int = 12) -> dict:
+    """Where a bare-loop step's time goes (torch.profiler), per step: wall time, time the device is busy, aten ops
+    dispatched by the host, kernels launched, and the `top` kernels by self time. On CUDA busy << wall means the step
+    is bound by the host (op dispatch, launches, syncs), not by the GPU. On CPU the "kernels" are aten ops."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    step, _ = _bare_loop(config, tokenizer, mode, device, steps + warmup)
+    for index in range(warmup):
+        step(index)
+    on_gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as profiler:
+        _sync(device)
+        start = time.perf_counter()
+        for index in range(warmup, warmup + steps):
+            step(index)
+        wall = (time.perf_counter() - start) / steps
+    averages = profiler.key_averages()
+    host_ops = sum(e.count for e in averages if e.device_type == DeviceType.CPU and e.key.startswith("aten::"))
+    kind = DeviceType.CUDA if on_gpu else DeviceType.CPU
+    # self time on the device: kernels (CUDA) or ops without their children (CPU), so nothing is counted twice
+    self_time = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    events = [e for e in averages if e.device_type == kind and getattr(e, self_time) > 0]
+    busy_us = sum(getattr(e, self_time) for e in events) / steps
+    events.sort(key=lambda e: getattr(e, self_time), reverse=True)
+    return {"step_wall_ms": 1000 * wall, "device_busy_ms": busy_us / 1000, "host_ops_per_step": host_ops / steps,
+            "kernels_per_step": sum(e.count for e in events) / steps if on_gpu else None, "profiled_steps": steps,
+            "top": [{"name": e.key[:90], "calls_per_step": e.count / steps,
+                     "ms_per_step": getattr(e, self_time) / steps / 1000,
+                     "share_of_busy": getattr(e, self_time) / steps / busy_us} for e in events[:top]]}
 
 
 def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> dict:
@@ -206,9 +248,10 @@ def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> 
 
 def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warmup: int = 5,
                   modes=("autoregressive", "diffusion"), compile_variants=(False,), head_variants=None,
-                  sampling: dict | None = None, output: str | Path | None = None) -> dict:
+                  sampling: dict | None = None, profile: bool = False, output: str | Path | None = None) -> dict:
     """Everything in one run: training throughput (Trainer for every head implementation x compile variant, and
-    the bare loop) for both objectives, the fused-loss check per head implementation, and sampling speed.
+    the bare loop) for both objectives, the fused-loss check per head implementation, optionally a profile of the
+    bare loop per head implementation (with the config's compile setting), and sampling speed.
     Returns (and writes to `output`) a JSON-able dict."""
     import transformers
 
@@ -220,7 +263,7 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
     report = {"machine": device_name(device), "device": str(device), "torch": torch.__version__,
               "transformers": transformers.__version__, "precision": config["training"]["mixed_precision"],
               "batch_size": config["training"]["batch_size"], "sequence_length": config["data"]["block_size"],
-              "training": [], "loss_check": [], "sampling": []}
+              "training": [], "loss_check": [], "profile": [], "sampling": []}
 
     def save():  # after every measurement: a run cut off by a time limit keeps what it measured
         if output:
@@ -231,6 +274,10 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
         for head in head_variants:
             check = _guarded(loss_agreement, _variant(config, head), tokenizer, mode, device)
             report["loss_check"].append({"mode": mode, "head_implementation": head, **check})
+        if profile:
+            for head in head_variants:
+                found = _guarded(profile_bare_loop, _variant(config, head), tokenizer, mode, device)
+                report["profile"].append({"mode": mode, "head_implementation": head, **found})
         bare = benchmark_bare_loop(config, tokenizer, mode, device, steps, warmup)
         report["training"].append({**bare, "mode": mode, "path": "bare_loop", "torch_compile": False,
                                    "head_implementation": config["model"]["head_implementation"]})
@@ -310,6 +357,16 @@ def format_report(report: dict) -> str:
             continue
         lines.append(f"| {row['mode']} | {row['head_implementation']} | {row['fused_loss']:.5f} | {row['reference_loss']:.5f} | "
                      f"{row['relative_loss_difference']:.2e} | {row['relative_grad_difference']:.2e} |")
+    for row in report["profile"]:
+        lines += ["", f"Profile, bare loop, {row['mode']}, head {row['head_implementation']}: "
+                  + (f"failed: {row['error']}" if "error" in row else
+                     f"step {row['step_wall_ms']:.1f} ms wall, {row['device_busy_ms']:.1f} ms device busy, "
+                     f"{row['host_ops_per_step']:,.0f} host aten ops"
+                     + (f", {row['kernels_per_step']:,.0f} kernels" if row["kernels_per_step"] else ""))]
+        if "error" not in row:
+            lines += ["", "| kernel | calls/step | ms/step | share of busy |", "|---|---|---|---|"]
+            lines += [f"| {k['name']} | {k['calls_per_step']:g} | {k['ms_per_step']:.2f} | {100 * k['share_of_busy']:.1f}% |"
+                      for k in row["top"]]
     if report["sampling"]:
         keys = list(report["sampling"][0].keys())
         lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

@@ -23,7 +23,7 @@ def test_gpu_checks_script_runs_benchmark_and_study_on_cpu(tmp_path):
     env = {**os.environ, "OUT": str(out), "STUDY_DIR": str(study), "CUDA_VISIBLE_DEVICES": "",
            "BENCH_CONFIG": "configs/quick_test.yaml", "HEADS": "chunked,triton", "COMPILE": "false",
            "BENCH_ARGS": "--steps 2 --warmup 1 --sampling-steps 4 --sampling-batch 2 --sampling-length 16 "
-                         "--repeats 1 training.batch_size=8",
+                         "--repeats 1 --profile training.batch_size=8",
            "STUDY_CONFIG": "configs/quick_test.yaml", "EPOCHS": "1", "BUDGETS": "2%,4%", "EVAL_EVERY": "1",
            "EVAL_BLOCKS": "4", "STUDY_OVERRIDES": "training.batch_size=8"}
     env.pop("TRITON_INTERPRET", None)
@@ -43,8 +43,11 @@ def test_gpu_checks_script_runs_benchmark_and_study_on_cpu(tmp_path):
     assert len(report["loss_check"]) == 4
     for check in report["loss_check"]:  # fp32 on CPU: the fused head equals full-logits autograd
         assert check["relative_loss_difference"] < 1e-5 and check["relative_grad_difference"] < 1e-4
+    assert {(p["mode"], p["head_implementation"]) for p in report["profile"]} == {
+        (m, h) for m in ("autoregressive", "diffusion") for h in ("chunked", "triton")}
     assert {row["method"] for row in report["sampling"]} == {"diffusion", "diffusion+threshold", "autoregressive"}
-    assert "| mode | path | head | compile |" in (out / "benchmark.log").read_text()
+    log = (out / "benchmark.log").read_text()
+    assert "| mode | path | head | compile |" in log and "Profile, bare loop, diffusion, head triton: step" in log
 
     summary = json.loads((out / "study.json").read_text())
     assert {(a["mode"], a["budget"]) for a in summary["arms"]} == {
@@ -105,3 +108,21 @@ def test_a_failing_variant_is_reported_and_the_run_goes_on(monkeypatch, tmp_path
     table = benchmark.format_report(report)
     assert "| diffusion | triton | failed: RuntimeError: kernel did not compile |" in table
     assert json.loads((tmp_path / "report.json").read_text())["loss_check"][1]["error"]
+
+
+def test_profile_says_where_a_step_goes():
+    """The profile's per-step numbers are consistent: kernels sorted by time, shares of the busy time, busy within the
+    wall time; the matmuls are the biggest item of this model's CPU step."""
+    import tdlm.benchmark as benchmark
+
+    config = load_config(str(ROOT / "configs" / "quick_test.yaml"), ["training.batch_size=4", "data.block_size=32"])
+    found = benchmark.profile_bare_loop(config, build_tokenizer(config), "diffusion", torch.device("cpu"), steps=2,
+                                        warmup=1, top=5)
+    assert found["profiled_steps"] == 2 and len(found["top"]) == 5
+    assert 0 < found["device_busy_ms"] <= 1.05 * found["step_wall_ms"]
+    assert found["host_ops_per_step"] > 100 and found["kernels_per_step"] is None  # CPU: no launches to count
+    times = [k["ms_per_step"] for k in found["top"]]
+    assert times == sorted(times, reverse=True)
+    assert sum(k["share_of_busy"] for k in found["top"]) <= 1 + 1e-9
+    assert found["top"][0]["share_of_busy"] == pytest.approx(times[0] / found["device_busy_ms"])
+    assert "aten::mm" in [k["name"] for k in found["top"]]
