@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tdlm.benchmark import format_report, run_benchmark  # noqa: E402
+from tdlm.benchmark import compile_variants, format_report, run_benchmark  # noqa: E402
 from tdlm.experiment import load_config  # noqa: E402
 
 
@@ -22,7 +22,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--modes", default="autoregressive,diffusion")
-    parser.add_argument("--compile", default="false", help="torch.compile variants to time: false, true or false,true")
+    parser.add_argument("--compile", default="false",
+                        help="torch.compile variants of the backbone to time: false, true (default mode) or a mode "
+                             "name, comma-separated, e.g. false,true,reduce-overhead (CUDA graphs)")
     parser.add_argument("--head-implementations", default=None,
                         help="fused head variants to time, e.g. chunked,triton (default: the config's)")
     parser.add_argument("--sampling-steps", default="16,32,64,256", help="diffusion step counts ('' = no sampling)")
@@ -44,7 +46,7 @@ def main(argv=None):
                     "confidence_threshold": args.confidence_threshold}
     report = run_benchmark(config, device=args.device, steps=args.steps, warmup=args.warmup,
                            modes=tuple(args.modes.split(",")),
-                           compile_variants=tuple(v.strip() == "true" for v in args.compile.split(",")),
+                           compile_variants=compile_variants(args.compile),
                            head_variants=args.head_implementations.split(",") if args.head_implementations else None,
                            sampling=sampling, profile=args.profile, output=args.output)
     print(format_report(report))

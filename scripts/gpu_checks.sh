@@ -5,6 +5,7 @@
 # Usage on the GPU machine, from the repo root, with ../shared/data present (or DATA=path/to/data):
 #   OUT=gpu_out bash scripts/gpu_checks.sh
 #   EPOCHS=200 BUDGETS=25%,50%,100% STUDY_OVERRIDES="model.head_implementation=triton" bash scripts/gpu_checks.sh
+#   COMPILE=false,true,reduce-overhead bash scripts/gpu_checks.sh   # also CUDA graphs (more compile time)
 # Every setting is an environment variable (defaults below); tests/test_benchmark.py runs this script on CPU with a
 # tiny config. Budget: the benchmark ~4-6 min (four torch.compile variants), the study ~8-10 min at the defaults with the
 # chunked head; within one 15-minute GPU allowance use EPOCHS=200 BUDGETS=25%,100% or run the two parts on two

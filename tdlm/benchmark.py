@@ -51,6 +51,10 @@ def training_flops_per_token(config, head_fraction: float) -> float:
     return 6 * layers * per_layer + 3 * layers * attention + 6 * h * config.vocab_size * head_fraction
 
 
+def _autocast_dtype(config: dict):
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["training"]["mixed_precision"])
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -144,7 +148,7 @@ def _bare_loop(config: dict, tokenizer, mode: str, device: torch.device, num_ste
                             model.config.mask_token_id).to(device)
     schedule = get_noise_schedule(model.config.noise_schedule)
     loss_fn = _loss_fn(model, mode, schedule, torch.Generator(device=device).manual_seed(0))
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t["mixed_precision"])
+    dtype = _autocast_dtype(config)
 
     def step(index):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -216,7 +220,7 @@ def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> 
                            model.config.vocab_size, model.config.mask_token_id).to(device)
     mask = torch.ones_like(batch)
     schedule = get_noise_schedule(model.config.noise_schedule)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["training"]["mixed_precision"])
+    dtype = _autocast_dtype(config)
     if mode == "autoregressive":
         inputs = {"input_ids": batch, "labels": batch}
         labels, weights, normaliser = torch.nn.functional.pad(batch[:, 1:], (0, 1), value=-100), None, None
@@ -307,11 +311,26 @@ def _guarded(measure, *args) -> dict:
         return {"error": f"{type(error).__name__}: {error}"[:500]}
 
 
-def _variant(config: dict, head_implementation: str, torch_compile: bool | None = None) -> dict:
+def compile_variants(text: str) -> tuple:
+    """"false,true,reduce-overhead" -> (False, True, "reduce-overhead"); a mode must be one torch.compile knows."""
+    from .experiment import CHOICES
+
+    modes = [m for m in CHOICES["training.torch_compile_mode"] if m]
+    variants = []
+    for item in (v.strip() for v in text.split(",")):
+        if item not in ("false", "true", *modes):
+            raise ValueError(f"--compile: unknown variant {item!r}; expected false, true or one of {modes}")
+        variants.append({"false": False, "true": True}.get(item, item))
+    return tuple(variants)
+
+
+def _variant(config: dict, head_implementation: str, torch_compile: bool | str | None = None) -> dict:
+    """The config with another head and compile setting: False, True (default mode) or a torch.compile mode name."""
     variant = json.loads(json.dumps(config))
     variant["model"]["head_implementation"] = head_implementation
     if torch_compile is not None:
-        variant["training"]["torch_compile"] = torch_compile
+        variant["training"]["torch_compile"] = bool(torch_compile)
+        variant["training"]["torch_compile_mode"] = torch_compile if isinstance(torch_compile, str) else None
     return variant
 
 
@@ -325,7 +344,7 @@ def benchmark_sampling_for(config, tokenizer, device, batch_size=8, length=256, 
         variant = json.loads(json.dumps(config))
         variant["model"]["training_mode"] = mode
         models[mode] = build_model(variant, tokenizer).to(device).eval()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["training"]["mixed_precision"])
+    dtype = _autocast_dtype(config)
     if dtype is not None and device.type == "cuda":
         models = {k: v.to(dtype) for k, v in models.items()}
     return benchmark_sampling(models["diffusion"], models["autoregressive"], batch_size=batch_size, length=length,

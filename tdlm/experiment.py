@@ -203,6 +203,8 @@ def _check_type(name: str, value, types) -> object:
 
 def validate_config(config: dict) -> dict:
     """Type and range checks for every key; returns the config with numbers normalised. Raises ConfigError."""
+    if config["training"]["mixed_precision"] is False:  # YAML 1.1 reads a bare `no` (accelerate's name) as false
+        config["training"]["mixed_precision"] = "no"
     for section, keys in SCHEMA.items():
         for key, (_, types) in keys.items():
             config[section][key] = _check_type(f"{section}.{key}", config[section][key], types)

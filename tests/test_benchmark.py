@@ -126,3 +126,17 @@ def test_profile_says_where_a_step_goes():
     assert sum(k["share_of_busy"] for k in found["top"]) <= 1 + 1e-9
     assert found["top"][0]["share_of_busy"] == pytest.approx(times[0] / found["device_busy_ms"])
     assert "aten::mm" in [k["name"] for k in found["top"]]
+
+
+def test_compile_variants_name_a_mode_or_fail_clearly():
+    import tdlm.benchmark as benchmark
+
+    assert benchmark.compile_variants("false, true,reduce-overhead") == (False, True, "reduce-overhead")
+    with pytest.raises(ValueError, match="--compile: unknown variant 'fast'"):
+        benchmark.compile_variants("false,fast")
+    config = load_config(str(ROOT / "configs" / "quick_test.yaml"))
+    for variant, (compiled, mode) in {False: (False, None), True: (True, None),
+                                      "reduce-overhead": (True, "reduce-overhead")}.items():
+        training = benchmark._variant(config, "triton", variant)["training"]
+        assert (training["torch_compile"], training["torch_compile_mode"]) == (compiled, mode)
+    assert config["model"]["head_implementation"] == "chunked"  # the caller's config is left alone

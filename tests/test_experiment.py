@@ -35,6 +35,13 @@ def test_overrides_parse_yaml_values():
     assert config["training"]["max_steps"] == 12
 
 
+def test_mixed_precision_no_survives_yaml_1_1():
+    """YAML 1.1 reads a bare `no` as false; accelerate's name for full precision must still work, unquoted."""
+    assert load_config(None, BASE + ["training.mixed_precision=no"])["training"]["mixed_precision"] == "no"
+    with pytest.raises(ConfigError, match="training.mixed_precision"):
+        load_config(None, BASE + ["training.mixed_precision=yes"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("training.learnig_rate=3e-4", "training.learnig_rate: unknown key"),
     ("trainig.learning_rate=3e-4", "trainig: unknown section"),
