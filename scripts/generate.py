@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tdlm.evaluation.checkpoints import load_checkpoint  # noqa: E402
 from tdlm.text_generation import generate_text  # noqa: E402
 
-DIFFUSION_OPTIONS = ("num_steps", "step_schedule", "remasking", "confidence_threshold", "block_length")
+DIFFUSION_OPTIONS = ("num_steps", "step_schedule", "remasking", "confidence_threshold", "block_length", "cfg_scale")
 
 
 def main(argv=None):
@@ -29,6 +29,7 @@ def main(argv=None):
     parser.add_argument("--remasking", choices=("low_confidence", "margin", "entropy", "random"), default=None)
     parser.add_argument("--confidence-threshold", type=float, default=None)
     parser.add_argument("--block-length", type=int, default=None)
+    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance (LLaDA); 0 = off")
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)

@@ -56,6 +56,7 @@ SCHEMA = {
         "top_p": (None, (float, None)),
         "confidence_threshold": (None, (float, None)),
         "block_length": (None, (int, None)),
+        "cfg_scale": (0.0, (float,)),
         "max_new_tokens": (None, (int, None)),
     },
     "training": {
@@ -278,6 +279,8 @@ def validate_config(config: dict) -> dict:
         fail("sampling.top_p", "must lie in (0, 1]")
     if get("sampling.temperature") < 0:
         fail("sampling.temperature", "must be >= 0")
+    if get("sampling.cfg_scale") < 0:
+        fail("sampling.cfg_scale", "must be >= 0")
     if config["peft"]["enabled"] and config["peft"]["base_model"] is None and m["init_from"] is None:
         fail("peft.base_model", "LoRA needs a pretrained base model folder")
     return config

@@ -38,6 +38,9 @@ class DiffusionGenerationConfig(GenerationConfig):
             temperature, after `top_k` / `top_p` filtering.
         stop_at_eos: once a row commits an EOS at a generated position, every generated position after
             its first such EOS becomes `pad_token_id` (EOS when there is no pad) and needs no more calls.
+        cfg_scale: classifier-free guidance as in LLaDA (Nie et al. 2025): logits u + (1 + cfg_scale) (c - u),
+            where c are the logits given the input and u those with every given (prompt) token masked; 0 (default)
+            turns it off. Each step then runs the model on twice the rows (one batched call).
         show_progress: tqdm bar over steps.
         output_history: keep the canvas after every step (`history` of the output dict).
     Also used: `max_new_tokens`, `max_length` (unconditional length), `num_return_sequences`
@@ -50,6 +53,7 @@ class DiffusionGenerationConfig(GenerationConfig):
         self.remasking = kwargs.pop("remasking", "low_confidence")
         self.confidence_threshold = kwargs.pop("confidence_threshold", None)
         self.block_length = kwargs.pop("block_length", None)
+        self.cfg_scale = kwargs.pop("cfg_scale", 0.0)
         self.stop_at_eos = kwargs.pop("stop_at_eos", False)
         self.show_progress = kwargs.pop("show_progress", False)
         self.output_history = kwargs.pop("output_history", False)
@@ -74,6 +78,8 @@ class DiffusionGenerationConfig(GenerationConfig):
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.block_length is not None and self.block_length < 1:
             raise ValueError(f"block_length must be >= 1, got {self.block_length}")
+        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be a number >= 0, got {self.cfg_scale!r}")
         if self.confidence_threshold is not None and not 0.0 <= self.confidence_threshold <= 1.0:
             raise ValueError(f"confidence_threshold must lie in [0, 1], got {self.confidence_threshold}")
 
@@ -241,11 +247,19 @@ class DiffusionGenerationMixin:
                              f"max_position_embeddings={self.config.max_position_embeddings}")
         return input_ids, attention_mask
 
-    def _active_logits(self, tokens, attention_mask, positions):
+    def _active_logits(self, tokens, attention_mask, positions, prompt=None, cfg_scale=0.0):
         """Logits only at `positions` (bool [b, L]) of a sub-batch: the backbone runs on all tokens, the
-        head only where a proposal is needed."""
+        head only where a proposal is needed. With `cfg_scale` > 0, guided by the same rows with their
+        `prompt` positions (bool [b, L]) masked, in one batched call."""
+        if cfg_scale:
+            unconditional = tokens.masked_fill(prompt, self.config.mask_token_id)
+            tokens, attention_mask = torch.cat([tokens, unconditional]), torch.cat([attention_mask, attention_mask])
+            positions = torch.cat([positions, positions])
         hidden = self.model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
         logits = self.lm_head(hidden[positions]).float()
+        if cfg_scale:  # combined before the mask token's -inf, which would give inf - inf
+            conditional, unconditional = logits.chunk(2)
+            logits = unconditional + (1.0 + cfg_scale) * (conditional - unconditional)
         logits[:, self.config.mask_token_id] = float("-inf")
         return logits
 
@@ -265,6 +279,7 @@ class DiffusionGenerationMixin:
         x, attention_mask = self._prepare_canvas(input_ids, attention_mask, config, batch_size)
         batch, length = x.shape
         generated = (x == mask_id) & attention_mask.bool()
+        prompt = attention_mask.bool() & ~generated  # what classifier-free guidance masks
         schedule = get_noise_schedule(self.config.noise_schedule)
         block_of, block_steps, counts = _block_plan(generated, config.block_length, config.num_steps, schedule,
                                                     config.step_schedule)
@@ -315,7 +330,7 @@ class DiffusionGenerationMixin:
             rows = (k > 0).nonzero().squeeze(-1)
             if rows.numel():  # rows whose schedule commits nothing this step skip the model call
                 sub = candidates[rows]
-                logits = self._active_logits(x[rows], attention_mask[rows], sub)
+                logits = self._active_logits(x[rows], attention_mask[rows], sub, prompt[rows], config.cfg_scale)
                 num_model_calls += 1
                 row_model_calls[rows] += 1
                 tokens, confidence = propose_tokens(logits, config, generator)

@@ -30,7 +30,7 @@ def tiny_model(seed=0, dtype=torch.float32, **overrides):
 def column_logits(table):
     """A stand-in for `_active_logits` whose proposal at canvas column c is `table[c]`, whatever the context:
     the commit order then depends only on the remasking rule."""
-    def fake(tokens, attention_mask, positions):
+    def fake(tokens, attention_mask, positions, prompt=None, cfg_scale=0.0):
         return table[positions.nonzero()[:, 1]].clone()
     return fake
 
@@ -94,7 +94,8 @@ def test_seeded_sampling_is_deterministic_and_seed_dependent():
     assert not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("options", [{}, {"confidence_threshold": 0.05}, {"block_length": 4, "step_schedule": "linear"}])
+@pytest.mark.parametrize("options", [{}, {"confidence_threshold": 0.05}, {"block_length": 4, "step_schedule": "linear"},
+                                     {"cfg_scale": 1.5}])
 def test_a_rows_greedy_output_does_not_depend_on_its_batch(options):
     model = tiny_model(dtype=torch.float64)  # float64: no argmax flips from batched-kernel rounding
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
@@ -204,6 +205,35 @@ def test_history_records_every_step_and_only_fills_masks():
     assert torch.equal(out.history[-1], out.sequences)
 
 
+def test_classifier_free_guidance_extrapolates_from_the_prompt_masked_logits():
+    """LLaDA's guidance: u + (1 + w)(c - u), u from the same canvas with the prompt masked, pads left alone."""
+    model = tiny_model(dtype=torch.float64)
+    tokens = torch.tensor([[PAD, 5, 6, MASK, MASK, MASK], [7, 8, 9, 10, MASK, MASK]])
+    attention_mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    positions = tokens == MASK
+    prompt = attention_mask.bool() & ~positions
+
+    def logits_of(canvas):
+        return model.lm_head(model.model(input_ids=canvas, attention_mask=attention_mask).last_hidden_state)[positions]
+
+    conditional, unconditional = logits_of(tokens), logits_of(tokens.masked_fill(prompt, MASK))
+    assert not torch.allclose(conditional, unconditional)  # the prompt matters, so guidance has work to do
+    guided = model._active_logits(tokens, attention_mask, positions, prompt, cfg_scale=2.0)
+    expected = unconditional + 3.0 * (conditional - unconditional)
+    torch.testing.assert_close(guided[:, :MASK], expected[:, :MASK].float(), rtol=1e-6, atol=1e-6)
+    assert torch.isneginf(guided[:, MASK]).all() and torch.isfinite(guided[:, :MASK]).all()
+    unguided = model._active_logits(tokens, attention_mask, positions, prompt, cfg_scale=0.0)
+    torch.testing.assert_close(unguided[:, :MASK], conditional[:, :MASK].float(), rtol=1e-6, atol=1e-6)
+
+
+def test_guidance_without_a_prompt_changes_nothing():
+    """Unconditional canvases have no prompt to mask: u = c, so any cfg_scale samples what cfg_scale=0 does."""
+    model = tiny_model(dtype=torch.float64)
+    plain = model.diffusion_generate(batch_size=2, max_length=16, num_steps=4)
+    guided = model.diffusion_generate(batch_size=2, max_length=16, num_steps=4, cfg_scale=3.0)
+    assert torch.equal(plain, guided)
+
+
 def test_propose_tokens_top_k_one_is_greedy_at_any_temperature():
     logits = torch.randn(64, VOCAB, generator=torch.Generator().manual_seed(0))
     config = DiffusionGenerationConfig(temperature=5.0, top_k=1)
@@ -223,6 +253,7 @@ def test_propose_tokens_top_k_one_is_greedy_at_any_temperature():
     (dict(batch_size=1, max_length=8, top_p=1.5), "top_p"),
     (dict(input_ids=torch.tensor([[5, 6]])), "nothing to generate"),
     (dict(batch_size=1, max_length=8, num_step=3), "unknown options"),
+    (dict(batch_size=1, max_length=8, cfg_scale=-1.0), "cfg_scale"),
 ])
 def test_bad_input_gets_a_clear_error(kwargs, message):
     model = tiny_model()

@@ -89,7 +89,7 @@ def test_generate_script_prints_samples_with_the_checkpoints_sampler(tmp_path, c
     make_checkpoint(tmp_path / "ckpt", corpus, mode)
     generate_script.main(["--model", str(tmp_path / "ckpt"), "--prompt", "The river", "--prompt", "A storm",
                           "--max-new-tokens", "8", "--device", "cpu"]
-                         + (["--num-steps", "4"] if mode == "diffusion" else []))
+                         + (["--num-steps", "4", "--cfg-scale", "1.0"] if mode == "diffusion" else []))
     out = capsys.readouterr().out
     sampler = "diffusion_generate" if mode == "diffusion" else "generate (KV cache)"
     assert out.count(f"({mode}, {sampler})") == 2
