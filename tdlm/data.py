@@ -128,7 +128,7 @@ def load_blocks(source: dict, tokenizer, block_size: int, cache_dir: str | Path 
                          ).hexdigest()[:20]
     cache_file = Path(cache_dir) / f"blocks-{key}.pt" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
-        return torch.load(cache_file)
+        return torch.load(cache_file, weights_only=True)  # a tensor only: nothing to unpickle
     name = ", ".join(str(f) for f in source["files"]) if "files" in source else f"{source['hub']}:{source['split']}"
     if "files" in source:
         ids = []

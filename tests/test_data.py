@@ -69,6 +69,22 @@ def test_tokenized_once_then_cached(tmp_path, tokenizer, monkeypatch):
     assert load_blocks(source, tokenizer, 8, cache_dir=tmp_path / "cache").shape[1] == 8
 
 
+class _Payload:
+    """Any pickled object that is not tensors: what a tampered cache file could hold."""
+
+
+def test_the_block_cache_loads_tensors_only(tmp_path, tokenizer):
+    import pickle
+
+    path = tmp_path / "corpus.txt"
+    path.write_text(CORPUS)
+    load_blocks({"files": [str(path)]}, tokenizer, 16, cache_dir=tmp_path / "cache")
+    (cache_file,) = (tmp_path / "cache").glob("blocks-*.pt")
+    torch.save(_Payload(), cache_file)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_blocks({"files": [str(path)]}, tokenizer, 16, cache_dir=tmp_path / "cache")
+
+
 def test_jsonl_documents_are_separated_by_eos(tmp_path, tokenizer):
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(json.dumps({"text": f"The quick brown fox {i} ."}) for i in range(40)))
