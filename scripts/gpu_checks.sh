@@ -9,7 +9,8 @@
 # Every setting is an environment variable (defaults below); tests/test_benchmark.py runs this script on CPU with a
 # tiny config. Budget: the benchmark ~4-6 min (four torch.compile variants), the study ~8-10 min at the defaults with the
 # chunked head; within one 15-minute GPU allowance use EPOCHS=200 BUDGETS=25%,100% or run the two parts on two
-# machines. Both write their JSON as they go, so a timeout keeps what was measured.
+# machines. Both write their JSON as they go, so a timeout keeps what was measured; the benchmark times its compiled
+# variants last, so its cap (BENCH_TIMEOUT) cuts those first.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 BENCH_CONFIG=${BENCH_CONFIG:-configs/example_config.yaml}

@@ -140,3 +140,36 @@ def test_compile_variants_name_a_mode_or_fail_clearly():
         training = benchmark._variant(config, "triton", variant)["training"]
         assert (training["torch_compile"], training["torch_compile_mode"]) == (compiled, mode)
     assert config["model"]["head_implementation"] == "chunked"  # the caller's config is left alone
+
+
+def test_compiled_variants_run_after_every_eager_row_and_sampling(monkeypatch):
+    """A GPU run cut off by its time limit must lose the slow compiled rows, not the eager ones or sampling."""
+    import tdlm.benchmark as benchmark
+
+    calls = []
+
+    def trainer(config, tokenizer, mode, *rest):
+        calls.append(("trainer", mode, config["model"]["head_implementation"], config["training"]["torch_compile"]))
+        return {"median_step_s": 1.0}
+
+    def bare_loop(config, tokenizer, mode, *rest):
+        calls.append(("bare", mode))
+        return {"median_step_s": 1.0}
+
+    def sampling(*args, **kwargs):
+        calls.append(("sampling",))
+        return []
+
+    monkeypatch.setattr(benchmark, "benchmark_trainer", trainer)
+    monkeypatch.setattr(benchmark, "benchmark_bare_loop", bare_loop)
+    monkeypatch.setattr(benchmark, "benchmark_sampling_for", sampling)
+    monkeypatch.setattr(benchmark, "loss_agreement", lambda *args: {})
+    config = load_config(str(ROOT / "configs" / "quick_test.yaml"))
+    benchmark.run_benchmark(config, device="cpu", compile_variants=(True, False), head_variants=("chunked", "triton"),
+                            sampling={"batch_size": 1})
+    assert calls == [("bare", "autoregressive"), ("trainer", "autoregressive", "chunked", False),
+                     ("trainer", "autoregressive", "triton", False), ("bare", "diffusion"),
+                     ("trainer", "diffusion", "chunked", False), ("trainer", "diffusion", "triton", False),
+                     ("sampling",),
+                     ("trainer", "autoregressive", "chunked", True), ("trainer", "autoregressive", "triton", True),
+                     ("trainer", "diffusion", "chunked", True), ("trainer", "diffusion", "triton", True)]
