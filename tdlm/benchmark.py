@@ -176,8 +176,8 @@ def benchmark_bare_loop(config: dict, tokenizer, mode: str, device: torch.device
 def profile_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, steps: int = 3, warmup: int = 2,
                       top: int = 12) -> dict:
     """Where a bare-loop step's time goes (torch.profiler), per step: wall time, time the device is busy, aten ops
-    dispatched by the host, kernels launched, and the `top` kernels by self time. On CUDA busy << wall means the step
-    is bound by the host (op dispatch, launches, syncs), not by the GPU. On CPU the "kernels" are aten ops."""
+    dispatched by the host, kernels launched, and the `top` ops by their own device time (on CUDA also the `top`
+    kernels). On CUDA busy << wall means the step is bound by the host (op dispatch, launches, syncs), not the GPU."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -193,18 +193,23 @@ def profile_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, 
             step(index)
         wall = (time.perf_counter() - start) / steps
     averages = profiler.key_averages()
-    host_ops = sum(e.count for e in averages if e.device_type == DeviceType.CPU and e.key.startswith("aten::"))
-    kind = DeviceType.CUDA if on_gpu else DeviceType.CPU
-    # self time on the device: kernels (CUDA) or ops without their children (CPU), so nothing is counted twice
+    host_ops = [e for e in averages if e.device_type == DeviceType.CPU]
+    # self time on the device, so nothing is counted twice: on CUDA the kernels each op launched itself (an op's
+    # children have their own rows), on CPU the op's own time without its children's
     self_time = "self_device_time_total" if on_gpu else "self_cpu_time_total"
-    events = [e for e in averages if e.device_type == kind and getattr(e, self_time) > 0]
-    busy_us = sum(getattr(e, self_time) for e in events) / steps
-    events.sort(key=lambda e: getattr(e, self_time), reverse=True)
-    return {"step_wall_ms": 1000 * wall, "device_busy_ms": busy_us / 1000, "host_ops_per_step": host_ops / steps,
-            "kernels_per_step": sum(e.count for e in events) / steps if on_gpu else None, "profiled_steps": steps,
-            "top": [{"name": e.key[:90], "calls_per_step": e.count / steps,
-                     "ms_per_step": getattr(e, self_time) / steps / 1000,
-                     "share_of_busy": getattr(e, self_time) / steps / busy_us} for e in events[:top]]}
+    busy_events = [e for e in averages if e.device_type == (DeviceType.CUDA if on_gpu else DeviceType.CPU)]
+    busy_us = sum(getattr(e, self_time) for e in busy_events) / steps
+
+    def ranked(events):
+        events = sorted((e for e in events if getattr(e, self_time) > 0), key=lambda e: getattr(e, self_time),
+                        reverse=True)
+        return [{"name": e.key[:90], "calls_per_step": e.count / steps, "ms_per_step": getattr(e, self_time) / steps / 1000,
+                 "share_of_busy": getattr(e, self_time) / steps / busy_us} for e in events[:top]]
+    return {"step_wall_ms": 1000 * wall, "device_busy_ms": busy_us / 1000, "profiled_steps": steps,
+            "host_ops_per_step": sum(e.count for e in host_ops if e.key.startswith("aten::")) / steps,
+            "kernels_per_step": sum(e.count for e in busy_events) / steps if on_gpu else None,
+            "top": ranked(host_ops),  # by op name (aten::mm, autograd nodes, the fused head's Function)
+            "top_kernels": ranked(busy_events) if on_gpu else None}
 
 
 def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> dict:
@@ -391,10 +396,11 @@ def format_report(report: dict) -> str:
                      f"step {row['step_wall_ms']:.1f} ms wall, {row['device_busy_ms']:.1f} ms device busy, "
                      f"{row['host_ops_per_step']:,.0f} host aten ops"
                      + (f", {row['kernels_per_step']:,.0f} kernels" if row["kernels_per_step"] else ""))]
-        if "error" not in row:
-            lines += ["", "| kernel | calls/step | ms/step | share of busy |", "|---|---|---|---|"]
-            lines += [f"| {k['name']} | {k['calls_per_step']:g} | {k['ms_per_step']:.2f} | {100 * k['share_of_busy']:.1f}% |"
-                      for k in row["top"]]
+        for key, what in (("top", "op"), ("top_kernels", "kernel")):
+            if row.get(key):
+                lines += ["", f"| {what} | calls/step | ms/step | share of busy |", "|---|---|---|---|"]
+                lines += [f"| {k['name']} | {k['calls_per_step']:g} | {k['ms_per_step']:.2f} | "
+                          f"{100 * k['share_of_busy']:.1f}% |" for k in row[key]]
     if report["sampling"]:
         keys = list(report["sampling"][0].keys())
         lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
