@@ -51,6 +51,13 @@ def training_flops_per_token(config, head_fraction: float) -> float:
     return 6 * layers * per_layer + 3 * layers * attention + 6 * h * config.vocab_size * head_fraction
 
 
+def _for_mode(config: dict, mode: str) -> dict:
+    """A copy of the config with another objective (the caller's config is left alone)."""
+    variant = json.loads(json.dumps(config))
+    variant["model"]["training_mode"] = mode
+    return variant
+
+
 def _autocast_dtype(config: dict):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["training"]["mixed_precision"])
 
@@ -93,8 +100,7 @@ def benchmark_trainer(config: dict, tokenizer, mode: str, device: torch.device, 
     from .experiment import Experiment
     from .trainer import DiffusionTrainer, build_model, training_arguments
 
-    config = json.loads(json.dumps(config))
-    config["model"]["training_mode"] = mode
+    config = _for_mode(config, mode)
     t = config["training"]
     model = build_model(config, tokenizer)
     length = config["data"]["block_size"]
@@ -137,8 +143,7 @@ def _bare_loop(config: dict, tokenizer, mode: str, device: torch.device, num_ste
     batch i, tokens per step)."""
     from .trainer import build_model
 
-    config = json.loads(json.dumps(config))
-    config["model"]["training_mode"] = mode
+    config = _for_mode(config, mode)
     t = config["training"]
     model = build_model(config, tokenizer).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=t["learning_rate"], weight_decay=t["weight_decay"],
@@ -218,8 +223,7 @@ def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> 
 
     from .trainer import build_model
 
-    config = json.loads(json.dumps(config))
-    config["model"]["training_mode"] = mode
+    config = _for_mode(config, mode)
     model = build_model(config, tokenizer).to(device)
     batch = _random_blocks(min(config["training"]["batch_size"], 64), config["data"]["block_size"],
                            model.config.vocab_size, model.config.mask_token_id).to(device)
@@ -353,11 +357,8 @@ def benchmark_sampling_for(config, tokenizer, device, batch_size=8, length=256, 
     from .benchmark_sampling import benchmark_sampling
     from .trainer import build_model
 
-    models = {}
-    for mode in ("diffusion", "autoregressive"):
-        variant = json.loads(json.dumps(config))
-        variant["model"]["training_mode"] = mode
-        models[mode] = build_model(variant, tokenizer).to(device).eval()
+    models = {mode: build_model(_for_mode(config, mode), tokenizer).to(device).eval()
+              for mode in ("diffusion", "autoregressive")}
     dtype = _autocast_dtype(config)
     if dtype is not None and device.type == "cuda":
         models = {k: v.to(dtype) for k, v in models.items()}

@@ -18,6 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .configuration_tdlm import HEAD_IMPLEMENTATIONS, TRAINING_MODES
+from .generation_tdlm import REMASKING_RULES
+from .schedules import NOISE_SCHEDULES, STEP_SCHEDULES
+
 ANY = object()  # marker: no type check (lists of files, tags, ...)
 
 # section -> key -> (default, allowed types). `None` in the types means the key may be null.
@@ -119,12 +123,12 @@ SCHEMA = {
     },
 }
 WANDB_KEYS = {"enabled": bool, "project": str, "tags": list}
-CHOICES = {
-    "model.training_mode": ("diffusion", "autoregressive"),
-    "model.head_implementation": ("chunked", "triton"),
-    "diffusion.noise_schedule": ("linear", "cosine", "loglinear"),
-    "sampling.step_schedule": ("cosine", "linear"),
-    "sampling.remasking": ("low_confidence", "margin", "entropy", "random"),
+CHOICES = {  # the model package defines the names; the YAML schema checks them before anything is built
+    "model.training_mode": TRAINING_MODES,
+    "model.head_implementation": HEAD_IMPLEMENTATIONS,
+    "diffusion.noise_schedule": tuple(NOISE_SCHEDULES),
+    "sampling.step_schedule": STEP_SCHEDULES,
+    "sampling.remasking": REMASKING_RULES,
     "training.mixed_precision": ("no", "fp16", "bf16"),
     "training.torch_compile_mode": (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "training.lr_scheduler_type": ("linear", "cosine", "constant", "constant_with_warmup",

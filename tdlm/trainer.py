@@ -396,13 +396,13 @@ def build_model(config: dict, tokenizer):
         shape = {k: m[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                                    "rope_theta", "attention_dropout", "hidden_dropout", "initializer_range")}
         model_config = TDLMConfig(
-            **shape, **token_kwargs, **d, training_mode=m["training_mode"], head_implementation=m["head_implementation"],
+            **shape, **token_kwargs, **d, training_mode=m["training_mode"],
             max_position_embeddings=m["max_position_embeddings"] or config["data"]["block_size"])
         model = model_class_for(model_config)(model_config)
     if model.config.training_mode != m["training_mode"]:
         raise ValueError(f"model.training_mode is {m['training_mode']!r} but the pretrained model {pretrained} is "
                          f"{model.config.training_mode!r}")
-    model.config.head_implementation = m["head_implementation"]
+    model.config.head_implementation = m["head_implementation"]  # a training choice: also for pretrained models
     check_tokenizer_matches(tokenizer, model.config)
     if model.config.training_mode == "diffusion":
         sampling = {k: v for k, v in config["sampling"].items() if v is not None}
@@ -424,9 +424,9 @@ def compile_backbone(model, mode: str | None = None):
     whole model (TrainingArguments.torch_compile) recompiled at that gather and gained 3% on an H100."""
     from .modeling_tdlm import TDLMModel
 
-    backbones = [module for module in model.modules() if isinstance(module, TDLMModel)]
-    for backbone in backbones:
-        backbone.compile(mode=mode)
+    for module in model.modules():
+        if isinstance(module, TDLMModel):
+            module.compile(mode=mode)
     return model
 
 
