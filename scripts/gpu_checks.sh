@@ -6,6 +6,7 @@
 #   OUT=gpu_out bash scripts/gpu_checks.sh
 #   EPOCHS=200 BUDGETS=25%,50%,100% STUDY_OVERRIDES="model.head_implementation=triton" bash scripts/gpu_checks.sh
 #   COMPILE=false,true,reduce-overhead bash scripts/gpu_checks.sh   # also CUDA graphs (more compile time)
+#   RUN_STUDY=0 bash scripts/gpu_checks.sh                          # the kernel check and the benchmark only
 # Every setting is an environment variable (defaults below); tests/test_benchmark.py runs this script on CPU with a
 # tiny config. Budget: the benchmark ~4-6 min (four torch.compile variants), the study ~8-10 min at the defaults with the
 # chunked head; within one 15-minute GPU allowance use EPOCHS=200 BUDGETS=25%,100% or run the two parts on two
@@ -21,13 +22,18 @@ STUDY_CONFIG=${STUDY_CONFIG:-configs/study_gpu.yaml}
 STUDY_DIR=${STUDY_DIR:-experiments/study_gpu}
 mkdir -p "$OUT"
 if [ -n "${DATA:-}" ] && [ ! -e ../shared/data ]; then mkdir -p ../shared && ln -s "$(realpath "$DATA")" ../shared/data; fi
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU: $(uname -m) CPU"; } \
     | tee "$OUT/gpu.txt"
+# the Triton kernels as compiled for this GPU against the chunked head, fp32 and bf16 (skipped without CUDA)
+timeout 150 python -m pytest -q -p no:cacheprovider \
+    tests/test_fused_cross_entropy.py::test_compiled_triton_kernels_match_the_chunked_head_on_cuda 2>&1 \
+    | tail -n 15 | tee "$OUT/kernel_check.log"
 # shellcheck disable=SC2086  # BENCH_ARGS and STUDY_OVERRIDES are word lists
 timeout "${BENCH_TIMEOUT:-360}" python scripts/benchmark.py --config "$BENCH_CONFIG" $BENCH_ARGS \
     --head-implementations "$HEADS" --compile "$COMPILE" --output "$OUT/benchmark.json" 2>&1 \
     | grep -v "it/s\]" | tee "$OUT/benchmark.log"
+[ "${RUN_STUDY:-1}" = 1 ] || exit 0
 # shellcheck disable=SC2086
 timeout "${STUDY_TIMEOUT:-480}" python scripts/data_constrained_study.py --config "$STUDY_CONFIG" \
     --epochs "${EPOCHS:-200}" --unique-tokens "${BUDGETS:-25%,50%,100%}" --eval-every "${EVAL_EVERY:-10}" \

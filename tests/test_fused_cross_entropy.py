@@ -143,3 +143,41 @@ def test_triton_head_falls_back_to_chunked_off_cuda(monkeypatch):
     assert not calls
     assert torch.equal(losses["triton"], losses["chunked"])
     assert fused_cross_entropy.triton_head_applies(torch.zeros(2, 16)) is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a CUDA GPU; "
+                    "scripts/gpu_checks.sh runs this first, the interpreter test above covers the same code on CPU")
+def test_compiled_triton_kernels_match_the_chunked_head_on_cuda():
+    """The kernels as compiled for the GPU (not interpreted) at the real 7M head shape, fp32 and bf16 autocast."""
+    pytest.importorskip("triton")
+
+    def run(implementation, rows, weight, targets, coefficients, dtype):
+        rows, weight = rows.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss, losses, predictions = fused_cross_entropy.linear_cross_entropy(
+                rows, weight, targets, coefficients, 50257, implementation, chunk_size=1024)
+        loss.backward()
+        return losses, predictions, rows.grad, weight.grad
+
+    def relative(a, b):
+        return float((a - b).norm() / b.norm())
+
+    generator = torch.Generator("cuda").manual_seed(0)
+    rows = torch.randn(4100, 128, device="cuda", generator=generator)  # not a multiple of the row tile
+    weight = torch.randn(50258, 128, device="cuda", generator=generator) * 0.05
+    targets = torch.randint(0, 50257, (4100,), device="cuda", generator=generator)
+    coefficients = torch.rand(4100, device="cuda", generator=generator) / 4100
+    # fp32 (ieee dot products): only the summation order differs
+    (losses_t, pred_t, rows_t, weight_t), (losses_c, pred_c, rows_c, weight_c) = (
+        run(implementation, rows, weight, targets, coefficients, None) for implementation in ("triton", "chunked"))
+    torch.testing.assert_close(losses_t, losses_c, rtol=1e-5, atol=1e-5)
+    assert float((pred_t == pred_c).float().mean()) > 0.999  # argmax may flip on exact near-ties only
+    assert relative(rows_t, rows_c) < 1e-4 and relative(weight_t, weight_c) < 1e-4
+    # bf16 autocast: the chunked path rounds logits to bf16 (eps 2^-8), the kernels accumulate them in fp32; both
+    # round the logits gradient to bf16 for the two matmuls. Bound: a few eps, relative.
+    bf16_eps = 2.0 ** -8
+    (losses_t, pred_t, rows_t, weight_t), (losses_c, pred_c, rows_c, weight_c) = (
+        run(implementation, rows, weight, targets, coefficients, torch.bfloat16) for implementation in ("triton", "chunked"))
+    assert relative(losses_t, losses_c) < 4 * bf16_eps
+    assert relative(rows_t, rows_c) < 4 * bf16_eps and relative(weight_t, weight_c) < 4 * bf16_eps
+    assert float((pred_t == pred_c).float().mean()) > 0.95
