@@ -41,7 +41,7 @@ SCHEMA = {
         "tokenizer": (None, (str, None)),  # a folder or Hub name; or use train_bpe
         "train_bpe": (None, (dict, None)),  # {files: [...], vocab_size: 1024, min_frequency: 2}
         "init_from": (None, (str, None)),  # start from a from_pretrained folder instead of random weights
-        "head_implementation": ("chunked", (str,)),  # fused LM head + CE: chunked (any device) or triton (CUDA)
+        "head_implementation": ("triton", (str,)),  # fused LM head + CE: triton (CUDA; else chunked) or chunked
     },
     "diffusion": {
         "noise_schedule": ("linear", (str,)),

@@ -16,6 +16,7 @@ Shipped as remote code next to the weights: imports torch, a relative sibling, a
 """
 
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -56,9 +57,10 @@ def triton_head_applies(rows) -> bool:
     Triton installed, a hidden size that fits one tile."""
     if rows.shape[-1] > TRITON_MAX_HIDDEN or not (rows.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         return False
-    if triton is None:
-        raise ImportError("TDLMConfig.head_implementation='triton' needs the `triton` package on CUDA "
-                          "(pip install triton), or set head_implementation='chunked'")
+    if triton is None:  # the default head: CUDA without Triton (Windows, say) trains with the chunked one
+        warnings.warn("TDLMConfig.head_implementation='triton' needs the `triton` package (pip install triton); "
+                      "using the chunked head", stacklevel=2)
+        return False
     return True
 
 
@@ -144,20 +146,15 @@ class _TritonLinearCrossEntropy(torch.autograd.Function):
         return grad_rows.to(ctx.rows_dtype), grad_weight.to(ctx.weight_dtype), None, None, None
 
 
-def _tile_sizes(hidden_size):
-    block_d = max(16, triton.next_power_of_2(hidden_size))
-    # keep a [BLOCK_M, BLOCK_D] + [BLOCK_V, BLOCK_D] pair and a [BLOCK_M, BLOCK_V] fp32 tile in registers
-    return (64, 128, block_d) if block_d <= 128 else (32, 64, block_d)
+def _block_d(hidden_size):
+    return max(16, triton.next_power_of_2(hidden_size))
 
 
-def _launch_args(hidden, weight, mask_token_id):
+def _common_args(hidden, weight, mask_token_id):
     n_rows, hidden_size = hidden.shape
-    block_m, block_v, block_d = _tile_sizes(hidden_size)
-    common = dict(n_rows=n_rows, vocab_size=weight.shape[0], hidden_size=hidden_size,
-                  mask_token_id=-1 if mask_token_id is None else mask_token_id,
-                  BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_D=block_d,
-                  DOT_PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32", num_warps=8)
-    return common, triton.cdiv(n_rows, block_m), triton.cdiv(weight.shape[0], block_v)
+    return dict(n_rows=n_rows, vocab_size=weight.shape[0], hidden_size=hidden_size,
+                mask_token_id=-1 if mask_token_id is None else mask_token_id, BLOCK_D=_block_d(hidden_size),
+                DOT_PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32")
 
 
 def _triton_forward(hidden, weight, targets, mask_token_id):
@@ -166,19 +163,53 @@ def _triton_forward(hidden, weight, targets, mask_token_id):
     target_logit = torch.empty_like(log_z)
     predictions = torch.empty(n_rows, dtype=torch.int32, device=hidden.device)
     if n_rows:
-        common, row_blocks, _ = _launch_args(hidden, weight, mask_token_id)
-        _forward_kernel[(row_blocks,)](hidden, weight, targets, log_z, target_logit, predictions, **common)
+        _forward_kernel[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)](
+            hidden, weight, targets, log_z, target_logit, predictions, **_common_args(hidden, weight, mask_token_id))
     return log_z, target_logit, predictions.long()
 
 
 def _triton_backward(hidden, weight, targets, scale, log_z, mask_token_id):
+    n_rows, vocab_size = hidden.shape[0], weight.shape[0]
     grad_rows = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-    if hidden.shape[0]:
-        common, row_blocks, vocab_blocks = _launch_args(hidden, weight, mask_token_id)
-        _grad_rows_kernel[(row_blocks,)](hidden, weight, targets, scale, log_z, grad_rows, **common)
-        _grad_weight_kernel[(vocab_blocks,)](hidden, weight, targets, scale, log_z, grad_weight, **common)
+    if n_rows:
+        common = _common_args(hidden, weight, mask_token_id)
+        _grad_rows_kernel[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)](
+            hidden, weight, targets, scale, log_z, grad_rows, **common)
+        _grad_weight_kernel[lambda meta: (triton.cdiv(vocab_size, meta["BLOCK_V"]), meta["ROW_SPLITS"])](
+            hidden, weight, targets, scale, log_z, grad_weight, **common)
     return grad_rows, grad_weight
+
+
+# Tile shapes are tuned once per (vocab, hidden, dtype) on the GPU at hand (triton.autotune: each candidate is
+# compiled and timed at the first call, ~30 s). Candidates: (BLOCK_M, BLOCK_V, num_warps, num_stages), the first
+# being the hand-picked shape of the untuned kernels; the d W kernel also splits the rows over ROW_SPLITS programs
+# per vocabulary tile (more programs in flight; partial sums meet in fp32 atomics, so with splits > 1 the last
+# bits of d W depend on the order the programs finish).
+_ROW_BLOCK_TILES = ((64, 128, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4),
+                    (128, 128, 8, 4), (64, 256, 8, 3))
+_VOCAB_BLOCK_TILES = ((64, 128, 8, 3, 1), (64, 128, 8, 3, 4), (128, 128, 8, 3, 4), (64, 64, 4, 4, 4),
+                      (64, 256, 8, 3, 2), (128, 64, 4, 3, 4), (64, 128, 4, 4, 8))
+
+
+def _fits_on_chip(configs, named_args, **kwargs):
+    """Hidden sizes above 128 (up to TRITON_MAX_HIDDEN): only [32, 64] tiles keep the [BLOCK, hidden] operands and
+    the fp32 logits tile on chip."""
+    if kwargs["BLOCK_D"] <= 128:
+        return configs
+    return [triton.Config({**c.kwargs, "BLOCK_M": 32}, num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_V"] <= 64 * 64]
+
+
+def _tuned(tiles, reset_to_zero=None):
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter has no timer to tune with: fixed tiles,
+        fixed = {"BLOCK_M": lambda args: 64 if args["BLOCK_D"] <= 128 else 32,  # and two row splits to test them
+                 "BLOCK_V": lambda args: 128 if args["BLOCK_D"] <= 128 else 64}
+        return triton.heuristics({**fixed, "ROW_SPLITS": lambda args: 2} if len(tiles[0]) > 4 else fixed)
+    configs = [triton.Config(dict(zip(("BLOCK_M", "BLOCK_V", "ROW_SPLITS"), tile[:2] + tile[4:])),
+                             num_warps=tile[2], num_stages=tile[3]) for tile in tiles]
+    return triton.autotune(configs, key=["vocab_size", "hidden_size"], reset_to_zero=reset_to_zero,
+                           prune_configs_by={"early_config_prune": _fits_on_chip})
 
 
 if triton is not None:
@@ -216,6 +247,7 @@ if triton is not None:
         onehot = tl.where(vocab_offsets[None, :] == targets[:, None], 1.0, 0.0)
         return (probabilities - onehot) * scale[:, None]
 
+    @_tuned(_ROW_BLOCK_TILES)
     @triton.jit
     def _forward_kernel(hidden_ptr, weight_ptr, targets_ptr, log_z_ptr, target_logit_ptr, predictions_ptr,
                         n_rows, vocab_size, hidden_size, mask_token_id,
@@ -244,6 +276,7 @@ if triton is not None:
         tl.store(target_logit_ptr + row_offsets, target_logit, mask=row_valid)
         tl.store(predictions_ptr + row_offsets, prediction, mask=row_valid)
 
+    @_tuned(_ROW_BLOCK_TILES)
     @triton.jit
     def _grad_rows_kernel(hidden_ptr, weight_ptr, targets_ptr, scale_ptr, log_z_ptr, grad_rows_ptr,
                           n_rows, vocab_size, hidden_size, mask_token_id,
@@ -264,23 +297,31 @@ if triton is not None:
         tl.store(grad_rows_ptr + row_offsets[:, None] * hidden_size + dim_offsets[None, :], grad_rows,
                  mask=row_valid[:, None] & (dim_offsets[None, :] < hidden_size))
 
+    @_tuned(_VOCAB_BLOCK_TILES, reset_to_zero=["grad_weight_ptr"])
     @triton.jit
     def _grad_weight_kernel(hidden_ptr, weight_ptr, targets_ptr, scale_ptr, log_z_ptr, grad_weight_ptr,
                             n_rows, vocab_size, hidden_size, mask_token_id,
                             BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-                            DOT_PRECISION: tl.constexpr):
+                            DOT_PRECISION: tl.constexpr, ROW_SPLITS: tl.constexpr):
+        """Program (vocabulary tile, row split): d W of its tile from its share of the rows."""
         vocab_offsets = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
         dim_offsets = tl.arange(0, BLOCK_D)
+        vocab_valid = vocab_offsets < vocab_size
+        weight_tile = tl.load(weight_ptr + vocab_offsets[:, None] * hidden_size + dim_offsets[None, :],
+                              mask=vocab_valid[:, None] & (dim_offsets[None, :] < hidden_size), other=0.0)
+        column_valid = vocab_valid & (vocab_offsets != mask_token_id)
+        rows_per_split = tl.cdiv(tl.cdiv(n_rows, ROW_SPLITS), BLOCK_M) * BLOCK_M
+        first_row = tl.program_id(1) * rows_per_split
         grad_weight = tl.zeros([BLOCK_V, BLOCK_D], tl.float32)
-        for row_start in range(0, n_rows, BLOCK_M):
+        for row_start in range(first_row, tl.minimum(first_row + rows_per_split, n_rows), BLOCK_M):
             row_offsets = row_start + tl.arange(0, BLOCK_M)
             hidden_tile, targets, row_valid = _load_rows(hidden_ptr, targets_ptr, row_offsets, dim_offsets, n_rows,
                                                          hidden_size)
             log_z, scale = _load_row_statistics(log_z_ptr, scale_ptr, row_offsets, row_valid)
-            logits, _ = _logits_tile(hidden_tile, weight_ptr, vocab_offsets, dim_offsets, vocab_size, hidden_size,
-                                     mask_token_id, DOT_PRECISION)
+            logits = tl.dot(hidden_tile, tl.trans(weight_tile), input_precision=DOT_PRECISION)
+            logits = tl.where(column_valid[None, :], logits, float("-inf"))
             grad_logits = _logits_grad(logits, vocab_offsets, targets, log_z, scale)
             grad_weight += tl.dot(tl.trans(grad_logits.to(hidden_tile.dtype)), hidden_tile,
                                   input_precision=DOT_PRECISION)
-        tl.store(grad_weight_ptr + vocab_offsets[:, None] * hidden_size + dim_offsets[None, :], grad_weight,
-                 mask=(vocab_offsets[:, None] < vocab_size) & (dim_offsets[None, :] < hidden_size))
+        tl.atomic_add(grad_weight_ptr + vocab_offsets[:, None] * hidden_size + dim_offsets[None, :], grad_weight,
+                      mask=vocab_valid[:, None] & (dim_offsets[None, :] < hidden_size), sem="relaxed")

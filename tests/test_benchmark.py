@@ -36,7 +36,7 @@ def test_gpu_checks_script_runs_benchmark_and_study_on_cpu(tmp_path):
     assert report["device"] == "cpu" and report["batch_size"] == 8
     rows = {(r["mode"], r["path"], r["head_implementation"]) for r in report["training"]}
     for mode in ("autoregressive", "diffusion"):
-        assert {(mode, "trainer", "chunked"), (mode, "trainer", "triton"), (mode, "bare_loop", "chunked")} <= rows
+        assert {(mode, path, head) for path in ("trainer", "bare_loop") for head in ("chunked", "triton")} <= rows
     for row in report["training"]:
         assert row["tokens_per_second"] > 0 and row["timed_steps"] == 2
         assert row["path"] == "bare_loop" or "overhead_vs_bare_loop" in row
@@ -104,7 +104,7 @@ def test_a_failing_variant_is_reported_and_the_run_goes_on(monkeypatch, tmp_path
     assert checks["triton"]["error"] == "RuntimeError: kernel did not compile"
     assert checks["chunked"]["relative_loss_difference"] < 1e-5
     assert [(row["path"], row["head_implementation"]) for row in report["training"]] == [
-        ("bare_loop", "chunked"), ("trainer", "chunked"), ("trainer", "triton")]
+        ("bare_loop", "chunked"), ("bare_loop", "triton"), ("trainer", "chunked"), ("trainer", "triton")]
     table = benchmark.format_report(report)
     assert "| diffusion | triton | failed: RuntimeError: kernel did not compile |" in table
     assert json.loads((tmp_path / "report.json").read_text())["loss_check"][1]["error"]
@@ -138,9 +138,9 @@ def test_compile_variants_name_a_mode_or_fail_clearly():
     config = load_config(str(ROOT / "configs" / "quick_test.yaml"))
     for variant, (compiled, mode) in {False: (False, None), True: (True, None),
                                       "reduce-overhead": (True, "reduce-overhead")}.items():
-        training = benchmark._variant(config, "triton", variant)["training"]
+        training = benchmark._variant(config, "chunked", variant)["training"]
         assert (training["torch_compile"], training["torch_compile_mode"]) == (compiled, mode)
-    assert config["model"]["head_implementation"] == "chunked"  # the caller's config is left alone
+    assert config["model"]["head_implementation"] == "triton"  # the caller's config is left alone
 
 
 def test_compiled_variants_run_after_every_eager_row_and_sampling(monkeypatch):
@@ -168,8 +168,9 @@ def test_compiled_variants_run_after_every_eager_row_and_sampling(monkeypatch):
     config = load_config(str(ROOT / "configs" / "quick_test.yaml"))
     benchmark.run_benchmark(config, device="cpu", compile_variants=(True, False), head_variants=("chunked", "triton"),
                             sampling={"batch_size": 1})
-    assert calls == [("bare", "autoregressive"), ("trainer", "autoregressive", "chunked", False),
-                     ("trainer", "autoregressive", "triton", False), ("bare", "diffusion"),
+    assert calls == [("bare", "autoregressive"), ("bare", "autoregressive"),
+                     ("trainer", "autoregressive", "chunked", False),
+                     ("trainer", "autoregressive", "triton", False), ("bare", "diffusion"), ("bare", "diffusion"),
                      ("trainer", "diffusion", "chunked", False), ("trainer", "diffusion", "triton", False),
                      ("sampling",),
                      ("trainer", "autoregressive", "chunked", True), ("trainer", "autoregressive", "triton", True),
