@@ -262,10 +262,10 @@ def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> 
 def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warmup: int = 5,
                   modes=("autoregressive", "diffusion"), compile_variants=(False,), head_variants=None,
                   sampling: dict | None = None, profile: bool = False, output: str | Path | None = None) -> dict:
-    """Everything in one run: training throughput (Trainer for every head implementation x compile variant, and
-    the eager bare loop per head implementation, which the eager Trainer rows are compared with) for both objectives, the fused-loss check per head implementation, optionally a profile of the
-    bare loop per head implementation (with the config's compile setting), and sampling speed. Compiled variants
-    run last. Returns (and writes to `output`) a JSON-able dict."""
+    """Everything in one run, for both objectives: training throughput (the Trainer for every head implementation x
+    compile variant; the eager bare loop per head, which the eager Trainer rows are compared with), the fused-loss
+    check per head, optionally a profile of the eager bare loop per head, and sampling speed. Compiled variants run
+    last. Returns (and writes to `output`) a JSON-able dict."""
     import transformers
 
     from .trainer import build_tokenizer
@@ -297,11 +297,11 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
     # its time limit loses the fewest measurements
     for mode in modes:
         for head in head_variants:
-            check = _guarded(loss_agreement, _variant(config, head), tokenizer, mode, device)
+            check = _guarded(loss_agreement, _variant(config, head, False), tokenizer, mode, device)
             report["loss_check"].append({"mode": mode, "head_implementation": head, **check})
         if profile:
             for head in head_variants:
-                found = _guarded(profile_bare_loop, _variant(config, head), tokenizer, mode, device)
+                found = _guarded(profile_bare_loop, _variant(config, head, False), tokenizer, mode, device)
                 report["profile"].append({"mode": mode, "head_implementation": head, **found})
         for head in head_variants:
             bare[mode, head] = _guarded(benchmark_bare_loop, _variant(config, head, False), tokenizer, mode, device,
