@@ -145,6 +145,27 @@ def test_triton_head_falls_back_to_chunked_off_cuda(monkeypatch):
     assert fused_cross_entropy.triton_head_applies(torch.zeros(2, 16)) is False
 
 
+def test_triton_head_without_triton_warns_and_runs_chunked(monkeypatch):
+    """"triton" is the default head: where the kernels would run but Triton is missing, the chunked head trains."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # makes CPU rows eligible for the kernels
+    monkeypatch.setattr(fused_cross_entropy, "triton", None)
+    with pytest.warns(UserWarning, match="needs the `triton` package"):
+        assert fused_cross_entropy.triton_head_applies(torch.zeros(2, 16)) is False
+    assert fused_cross_entropy.triton_head_applies(torch.zeros(2, 512)) is False  # above TRITON_MAX_HIDDEN: no warning
+
+
+def test_autotune_candidates_fit_on_chip_for_wide_hidden_sizes():
+    """Hidden sizes 129-256 keep only [32, 64] tiles (the [BLOCK, hidden] operands and fp32 logits tile must stay on
+    chip); up to 128 every candidate is tried, the hand-picked shape first."""
+    pytest.importorskip("triton")
+    for tiles in (fused_cross_entropy._ROW_BLOCK_TILES, fused_cross_entropy._VOCAB_BLOCK_TILES):
+        configs = fused_cross_entropy._configs(tiles)
+        assert fused_cross_entropy._fits_on_chip(configs, {}, BLOCK_D=128) == configs
+        wide = fused_cross_entropy._fits_on_chip(configs, {}, BLOCK_D=256)
+        assert wide and all((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_V"]) == (32, 64) for c in wide)
+        assert (configs[0].kwargs["BLOCK_M"], configs[0].kwargs["BLOCK_V"]) == (64, 128)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a CUDA GPU; "
                     "scripts/gpu_checks.sh runs this first, the interpreter test above covers the same code on CPU")
 def test_compiled_triton_kernels_match_the_chunked_head_on_cuda():
