@@ -35,7 +35,7 @@ class TDLMConfig(PretrainedConfig):
         head_implementation: how the LM head and its cross-entropy are fused: "triton" (default; Triton kernels
             that keep logits on chip, on CUDA with hidden_size <= 256; elsewhere, or without Triton, "chunked" runs)
             or "chunked" (torch ops over row chunks, any device). Both give the same loss within bf16 rounding;
-            on an H100 the kernels train the 7M model 2-2.5x faster (docs/benchmarks.md).
+            on an H100 the kernels train the 7M model 2.4x (diffusion) / 3.5x (AR) faster (docs/benchmarks.md).
     """
 
     model_type = "tdlm"
