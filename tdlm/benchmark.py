@@ -297,15 +297,13 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
     # its time limit loses the fewest measurements
     for mode in modes:
         for head in head_variants:
-            check = _guarded(loss_agreement, _variant(config, head, False), tokenizer, mode, device)
+            eager = _variant(config, head, False)
+            check = _guarded(loss_agreement, eager, tokenizer, mode, device)
             report["loss_check"].append({"mode": mode, "head_implementation": head, **check})
-        if profile:
-            for head in head_variants:
-                found = _guarded(profile_bare_loop, _variant(config, head, False), tokenizer, mode, device)
+            if profile:
+                found = _guarded(profile_bare_loop, eager, tokenizer, mode, device)
                 report["profile"].append({"mode": mode, "head_implementation": head, **found})
-        for head in head_variants:
-            bare[mode, head] = _guarded(benchmark_bare_loop, _variant(config, head, False), tokenizer, mode, device,
-                                        steps, warmup)
+            bare[mode, head] = _guarded(benchmark_bare_loop, eager, tokenizer, mode, device, steps, warmup)
             report["training"].append({**bare[mode, head], "mode": mode, "path": "bare_loop", "torch_compile": False,
                                        "head_implementation": head})
             save()
