@@ -2,7 +2,8 @@
 
 from .configuration_tdlm import TDLMConfig
 from .generation_tdlm import DiffusionGenerationConfig, DiffusionGenerationMixin, DiffusionGenerationOutput
-from .modeling_tdlm import TDLMForCausalLM, TDLMForMaskedDiffusion, TDLMModel, TDLMOutput, TDLMPreTrainedModel
+from .modeling_tdlm import (MODEL_CLASSES, TDLMForCausalLM, TDLMForMaskedDiffusion, TDLMModel, TDLMOutput,
+                            TDLMPreTrainedModel, model_class_for)
 from .schedules import get_noise_schedule
 from .tokenization import load_tokenizer, train_bpe_tokenizer
 
@@ -10,10 +11,3 @@ __version__ = "0.1.0"
 __all__ = ["TDLMConfig", "DiffusionGenerationConfig", "DiffusionGenerationMixin", "DiffusionGenerationOutput",
            "TDLMForCausalLM", "TDLMForMaskedDiffusion", "TDLMModel", "TDLMOutput", "TDLMPreTrainedModel",
            "get_noise_schedule", "load_tokenizer", "train_bpe_tokenizer", "MODEL_CLASSES", "model_class_for"]
-
-MODEL_CLASSES = {"diffusion": TDLMForMaskedDiffusion, "autoregressive": TDLMForCausalLM}
-
-
-def model_class_for(config: TDLMConfig):
-    """The head class that matches `config.training_mode`."""
-    return MODEL_CLASSES[config.training_mode]

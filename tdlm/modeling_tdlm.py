@@ -340,9 +340,15 @@ class _TDLMHeadModel(TDLMPreTrainedModel):
             logits[..., self.config.mask_token_id] = float("-inf")
         return logits
 
+    @staticmethod
+    def prediction_targets(labels: torch.LongTensor) -> torch.LongTensor:
+        """[B, L]: the token each position's logits are scored against (-100: none). The one place the two
+        objectives differ in what a position predicts; metrics and the trainer count and select through it."""
+        return labels
+
     def _supervised(self, hidden_states, labels, loss_weights, num_items_in_batch):
-        return supervised_loss(hidden_states, self.lm_head.weight, labels, loss_weights, num_items_in_batch,
-                               self.config.mask_token_id, self.config.head_implementation)
+        return supervised_loss(hidden_states, self.lm_head.weight, self.prediction_targets(labels), loss_weights,
+                               num_items_in_batch, self.config.mask_token_id, self.config.head_implementation)
 
 
 class TDLMForMaskedDiffusion(_TDLMHeadModel, DiffusionGenerationMixin):
@@ -398,6 +404,11 @@ class TDLMForCausalLM(_TDLMHeadModel, GenerationMixin):
 
     expected_training_mode = "autoregressive"
 
+    @staticmethod
+    def prediction_targets(labels: torch.LongTensor) -> torch.LongTensor:
+        """Position i predicts token i+1: `labels` are the input ids themselves, shifted here as in HF causal LMs."""
+        return F.pad(labels[:, 1:], (0, 1), value=-100)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -425,9 +436,7 @@ class TDLMForCausalLM(_TDLMHeadModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         loss = token_losses = predictions = logits = None
         if labels is not None:
-            shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
-            weights = F.pad(loss_weights[:, 1:], (0, 1)) if loss_weights is not None else None
-            loss, token_losses, predictions = self._supervised(hidden, shifted, weights, num_items_in_batch)
+            loss, token_losses, predictions = self._supervised(hidden, labels, None, num_items_in_batch)
         if labels is None or return_logits:
             logits = self._logits(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         return TDLMCausalLMOutput(loss=loss, logits=logits, token_losses=token_losses, token_predictions=predictions,
@@ -440,4 +449,13 @@ TDLMConfig.register_for_auto_class()
 TDLMForMaskedDiffusion.register_for_auto_class("AutoModelForMaskedLM")
 TDLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["TDLMPreTrainedModel", "TDLMModel", "TDLMForMaskedDiffusion", "TDLMForCausalLM", "TDLMOutput"]
+MODEL_CLASSES = {"diffusion": TDLMForMaskedDiffusion, "autoregressive": TDLMForCausalLM}
+
+
+def model_class_for(config: TDLMConfig):
+    """The head class that matches `config.training_mode`."""
+    return MODEL_CLASSES[config.training_mode]
+
+
+__all__ = ["TDLMPreTrainedModel", "TDLMModel", "TDLMForMaskedDiffusion", "TDLMForCausalLM", "TDLMOutput",
+           "MODEL_CLASSES", "model_class_for"]
