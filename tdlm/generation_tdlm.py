@@ -7,6 +7,11 @@ the step schedule (`schedules.unmask_counts`), counted per row, so a row's outpu
 rest of its batch. Rows with nothing to commit at a step skip the model call, finished rows leave the
 batch, and the LM head runs only at positions still masked in the current block.
 
+As in Dream's generation utilities, `diffusion_generate` only sets up (options, canvas, hooks) and `_sample`
+runs the loop, which calls per-step hooks: a logits hook before proposals are drawn and a tokens hook after
+each step's commits. Classifier-free guidance (`ClassifierFreeGuidance`) and padding after EOS (`PadAfterEOS`)
+are such hooks; callers can add their own.
+
 Shipped as remote code next to the weights: imports only torch, transformers and relative siblings.
 """
 
@@ -19,7 +24,6 @@ from transformers.utils import ModelOutput
 from .schedules import STEP_SCHEDULES, get_noise_schedule, unmask_counts
 
 REMASKING_RULES = ("low_confidence", "margin", "entropy", "random")
-GENERATION_CONFIG_NAME = "generation_config.json"
 
 
 class DiffusionGenerationConfig(GenerationConfig):
@@ -40,7 +44,8 @@ class DiffusionGenerationConfig(GenerationConfig):
             its first such EOS becomes `pad_token_id` (EOS when there is no pad) and needs no more calls.
         cfg_scale: classifier-free guidance as in LLaDA (Nie et al. 2025): logits u + (1 + cfg_scale) (c - u),
             where c are the logits given the input and u those with every given (prompt) token masked; 0 (default)
-            turns it off. Each step then runs the model on twice the rows (one batched call).
+            turns it off. Applied by the `ClassifierFreeGuidance` logits hook: each step runs the model a second
+            time, on the same rows with their prompt masked.
         show_progress: tqdm bar over steps.
         output_history: keep the canvas after every step (`history` of the output dict).
     Also used: `max_new_tokens`, `max_length` (unconditional length), `num_return_sequences`
@@ -93,8 +98,9 @@ class DiffusionGenerationOutput(ModelOutput):
         the denoising convergence of every position.
     committed_per_step: [B, K] proposals committed by each row at each of the K steps run (positions
         padded after EOS are not counted).
-    num_model_calls: forward passes run (each on the sub-batch of rows that had something to commit).
-    row_model_calls: [B] forward passes each row took part in.
+    num_model_calls: steps that ran the model (each on the sub-batch of rows that had something to commit; with
+        guidance, each of them also ran the unconditional pass).
+    row_model_calls: [B] such steps each row took part in.
     history: per-step [B, L] canvases when `output_history=True`.
     """
 
@@ -172,6 +178,94 @@ def _block_plan(masked, block_length, num_steps, schedule, step_schedule):
     return block_of, steps, counts
 
 
+
+class _UnmaskPlan:
+    """Which masks each row may commit at each step, and how many: a row works on its lowest block that still
+    has masks and follows that block's share of the step schedule, counted per row (never per batch)."""
+
+    def __init__(self, generated, config: DiffusionGenerationConfig, noise_schedule):
+        self.block_of, self.block_steps, self.counts = _block_plan(generated, config.block_length, config.num_steps,
+                                                                   noise_schedule, config.step_schedule)
+        self.at_least_one = config.confidence_threshold is not None
+        batch = generated.shape[0]
+        self.rows = torch.arange(batch, device=generated.device)
+        self.current_block = torch.full((batch,), -1, dtype=torch.long, device=generated.device)
+        self.block_step = torch.zeros(batch, dtype=torch.long, device=generated.device)
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.block_steps.sum(-1).max())
+
+    def next_step(self, remaining):
+        """For the bool [B, L] masks still to decide: candidates [B, L] (the masks of each row's current block)
+        and k [B] (how many of them to commit now; 0 for finished rows)."""
+        block = torch.where(remaining, self.block_of, self.block_of.new_tensor(1 << 30)).min(-1).values
+        unfinished = remaining.any(-1)
+        block = torch.where(unfinished, block, -1)
+        block_step = torch.where(block == self.current_block, self.block_step, 0)  # a new block restarts its schedule
+        candidates = remaining & (self.block_of == block[:, None])
+        safe_block = block.clamp_min(0)
+        allotted = self.block_steps[self.rows, safe_block]
+        k = self.counts[self.rows, safe_block, block_step.clamp_max(self.counts.shape[-1] - 1)]
+        k = torch.where(block_step >= allotted - 1, candidates.sum(-1), k)  # a block's last step commits the rest
+        if self.at_least_one:
+            k = k.clamp_min(1)
+        self.current_block, self.block_step = block, block_step + 1
+        return candidates, torch.where(unfinished, k, 0)
+
+
+def _most_confident(positions, confidence, k, threshold=None):
+    """Bool [b, L]: in each row, the k[row] `positions` with the highest `confidence` (given in row-major order of
+    `positions`; ties to the leftmost), and also every one above `threshold`."""
+    grid = torch.full(positions.shape, float("-inf"), device=positions.device)
+    grid[positions] = confidence
+    if threshold is not None:
+        k = torch.maximum(k, (grid > threshold).sum(-1))
+    order = grid.argsort(dim=-1, descending=True, stable=True)
+    take = torch.arange(positions.shape[1], device=positions.device)[None, :] < k[:, None]
+    return torch.zeros_like(positions).scatter(-1, order, take) & positions
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-step hooks: logits_hook(step, tokens, logits, positions) -> logits, tokens_hook(step, tokens, committed) -> tokens
+# ---------------------------------------------------------------------------------------------
+class ClassifierFreeGuidance:
+    """Logits hook of `cfg_scale`: guidance as in LLaDA (Nie et al. 2025), u + (1 + scale) (c - u), where c are the
+    step's logits and u the model's logits at the same positions with every prompt token masked.
+
+    Built for one batch: `attention_mask` and `prompt` (the given tokens, which guidance masks) are [B, L]. Each
+    call runs the model once more, on the rows that have logits this step.
+    """
+
+    def __init__(self, model, attention_mask, prompt, scale: float):
+        self.model, self.attention_mask, self.prompt, self.scale = model, attention_mask, prompt, scale
+
+    def __call__(self, step, tokens, logits, positions):
+        mask_id = self.model.config.mask_token_id
+        rows = positions.any(-1)
+        unconditional = self.model._active_logits(tokens[rows].masked_fill(self.prompt[rows], mask_id),
+                                                  self.attention_mask[rows], positions[rows])
+        guided = unconditional + (1.0 + self.scale) * (logits - unconditional)
+        guided[:, mask_id] = float("-inf")  # -inf in both: inf - inf
+        return guided
+
+
+class PadAfterEOS:
+    """Tokens hook of `stop_at_eos`: once a row has a generated EOS, every generated position after its first one
+    becomes `pad_id`, decided at that step (no more model calls for them). `generated` is bool [B, L]."""
+
+    def __init__(self, generated, eos_id: int, pad_id: int):
+        self.generated, self.eos_id, self.pad_id = generated, eos_id, pad_id
+
+    def __call__(self, step, tokens, committed):
+        is_eos = self.generated & (tokens == self.eos_id)
+        if not is_eos.any():
+            return tokens
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        first_eos = torch.where(is_eos, positions, tokens.shape[1]).min(-1).values
+        return tokens.masked_fill(self.generated & (positions[None, :] > first_eos[:, None]), self.pad_id)
+
+
 class DiffusionGenerationMixin:
     """Adds `diffusion_generate` to a masked-diffusion model (`self.model` backbone + `self.lm_head`)."""
 
@@ -247,25 +341,30 @@ class DiffusionGenerationMixin:
                              f"max_position_embeddings={self.config.max_position_embeddings}")
         return input_ids, attention_mask
 
+    def _eos_and_pad(self, config):
+        """(eos id, pad id) of `stop_at_eos`: the generation config's, else the model config's; pad defaults to EOS."""
+        eos_id = config.eos_token_id if config.eos_token_id is not None else self.config.eos_token_id
+        if isinstance(eos_id, (list, tuple)):
+            eos_id = eos_id[0]
+        if eos_id is None:
+            raise ValueError("stop_at_eos=True needs an eos_token_id in the generation config or model config")
+        pad_id = config.pad_token_id if config.pad_token_id is not None else self.config.pad_token_id
+        return eos_id, eos_id if pad_id is None else pad_id
+
     def _active_logits(self, tokens, attention_mask, positions, prompt=None, cfg_scale=0.0):
-        """Logits only at `positions` (bool [b, L]) of a sub-batch: the backbone runs on all tokens, the
-        head only where a proposal is needed. With `cfg_scale` > 0, guided by the same rows with their
-        `prompt` positions (bool [b, L]) masked, in one batched call."""
-        if cfg_scale:
-            unconditional = tokens.masked_fill(prompt, self.config.mask_token_id)
-            tokens, attention_mask = torch.cat([tokens, unconditional]), torch.cat([attention_mask, attention_mask])
-            positions = torch.cat([positions, positions])
+        """Float logits only at `positions` (bool [b, L]) of a sub-batch, in row-major order, the mask token's at -inf:
+        the backbone runs on all tokens, the head only where a proposal is needed. With `cfg_scale` > 0, guided by
+        the same rows with their `prompt` positions (bool [b, L]) masked (`ClassifierFreeGuidance`)."""
         hidden = self.model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
         logits = self.lm_head(hidden[positions]).float()
-        if cfg_scale:  # combined before the mask token's -inf, which would give inf - inf
-            conditional, unconditional = logits.chunk(2)
-            logits = unconditional + (1.0 + cfg_scale) * (conditional - unconditional)
         logits[:, self.config.mask_token_id] = float("-inf")
+        if cfg_scale:
+            logits = ClassifierFreeGuidance(self, attention_mask, prompt, cfg_scale)(None, tokens, logits, positions)
         return logits
 
     @torch.no_grad()
     def diffusion_generate(self, input_ids=None, attention_mask=None, generation_config=None, generator=None,
-                           batch_size=None, **kwargs):
+                           batch_size=None, logits_hook=None, tokens_hook=None, **kwargs):
         """Generate by iterative unmasking.
 
         Unconditional: `diffusion_generate(batch_size=B, max_length=L)`. Prompted: a left- or
@@ -273,87 +372,80 @@ class DiffusionGenerationMixin:
         tokens anywhere in `input_ids` are filled, every other token kept. Keyword arguments override
         `generation_config` (default: `self.generation_config`). Returns [B, L] token ids, or a
         `DiffusionGenerationOutput` when `return_dict_in_generate=True`.
+
+        Per-step hooks (the shape of Dream's `generation_logits_hook_func` / `generation_tokens_hook_func`):
+            logits_hook(step, tokens, logits, positions) -> logits: called once at every step that runs the model,
+                before proposals are drawn. `step` counts from 0; `tokens` is the [B, L] canvas (mask_token_id where
+                still undecided); `positions` (bool [B, L]) are the places with logits this step: the masks of each
+                row's current block, none in rows that skip the step; `logits` are float [N, V] at those places, in
+                row-major order of `positions`. Return logits of the same shape (the mask token stays at -inf).
+                Guidance (`cfg_scale`, `ClassifierFreeGuidance`) is such a hook and runs first.
+            tokens_hook(step, tokens, committed) -> tokens: called after every step's commits with the [B, L]
+                canvas and bool [B, L] `committed` (what this step committed); returns the canvas (it may edit it
+                in place). Masks it fills count as decided at this step; masks it puts back are sampled again (so
+                it must not put masks back forever). `stop_at_eos` (`PadAfterEOS`) is such a hook and runs first.
+        Hooks see whole rows: a hook that treats each row on its own keeps a row's output independent of its batch.
         """
         config = self._diffusion_generation_config(generation_config, kwargs)
-        mask_id = self.config.mask_token_id
         x, attention_mask = self._prepare_canvas(input_ids, attention_mask, config, batch_size)
-        batch, length = x.shape
-        generated = (x == mask_id) & attention_mask.bool()
-        prompt = attention_mask.bool() & ~generated  # what classifier-free guidance masks
-        schedule = get_noise_schedule(self.config.noise_schedule)
-        block_of, block_steps, counts = _block_plan(generated, config.block_length, config.num_steps, schedule,
-                                                    config.step_schedule)
-        eos_id = config.eos_token_id if config.eos_token_id is not None else self.config.eos_token_id
-        if isinstance(eos_id, (list, tuple)):
-            eos_id = eos_id[0]
-        pad_id = config.pad_token_id if config.pad_token_id is not None else self.config.pad_token_id
-        pad_id = eos_id if pad_id is None else pad_id
-        if config.stop_at_eos and eos_id is None:
-            raise ValueError("stop_at_eos=True needs an eos_token_id in the generation config or model config")
+        generated = (x == self.config.mask_token_id) & attention_mask.bool()
+        logits_hooks, tokens_hooks = [], []
+        if config.cfg_scale:
+            prompt = attention_mask.bool() & ~generated
+            logits_hooks.append(ClassifierFreeGuidance(self, attention_mask, prompt, config.cfg_scale))
+        if config.stop_at_eos:
+            tokens_hooks.append(PadAfterEOS(generated, *self._eos_and_pad(config)))
+        for name, hook, hooks in (("logits_hook", logits_hook, logits_hooks),
+                                  ("tokens_hook", tokens_hook, tokens_hooks)):
+            if hook is not None:
+                if not callable(hook):
+                    raise TypeError(f"{name} must be callable, got {type(hook).__name__}")
+                hooks.append(hook)
+        return self._sample(x, attention_mask, generated, config, generator, logits_hooks, tokens_hooks)
 
-        positions = torch.arange(length, device=x.device)
-        all_rows = torch.arange(batch, device=x.device)
+    def _sample(self, x, attention_mask, generated, config, generator=None, logits_hooks=(), tokens_hooks=()):
+        """The denoising loop over the canvas `x` [B, L] (written in place): per step, the rows with something to
+        commit run the model at their current block's masks, the logits hooks adjust the logits, the most confident
+        proposals are committed, and the tokens hooks see the result."""
+        mask_id = self.config.mask_token_id
+        plan = _UnmaskPlan(generated, config, get_noise_schedule(self.config.noise_schedule))
         commit_step = torch.full_like(x, -1)
-        row_model_calls = torch.zeros(batch, dtype=torch.long, device=x.device)
-        current_block = torch.full((batch,), -1, dtype=torch.long, device=x.device)
-        block_step = torch.zeros(batch, dtype=torch.long, device=x.device)
+        row_model_calls = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         committed_per_step, history = [], []
         num_model_calls = 0
         progress = None
         if config.show_progress:
             from tqdm.auto import tqdm
-            progress = tqdm(total=int(block_steps.sum(-1).max()), desc="diffusion sampling", leave=False)
+            progress = tqdm(total=plan.max_steps, desc="diffusion sampling", leave=False)
 
         step = 0
         while True:
-            remaining = x == mask_id
-            remaining &= generated
+            remaining = (x == mask_id) & generated
             if not remaining.any():
                 break
-            # each row works on its lowest block that still has masks; a new block restarts its schedule
-            block = torch.where(remaining, block_of, block_of.new_tensor(1 << 30)).min(-1).values
-            unfinished = remaining.any(-1)
-            block = torch.where(unfinished, block, -1)
-            block_step = torch.where(block == current_block, block_step, 0)
-            current_block = block
-            candidates = remaining & (block_of == block[:, None])
-            left_in_block = candidates.sum(-1)
-            safe_block = block.clamp_min(0)
-            allotted = block_steps[all_rows, safe_block]
-            k = counts[all_rows, safe_block, block_step.clamp_max(counts.shape[-1] - 1)]
-            k = torch.where(block_step >= allotted - 1, left_in_block, k)  # a block's last step commits the rest
-            if config.confidence_threshold is not None:
-                k = k.clamp_min(1)
-            k = torch.where(unfinished, k, 0)
-
+            candidates, k = plan.next_step(remaining)
             commit = torch.zeros_like(remaining)
-            rows = (k > 0).nonzero().squeeze(-1)
-            if rows.numel():  # rows whose schedule commits nothing this step skip the model call
-                sub = candidates[rows]
-                logits = self._active_logits(x[rows], attention_mask[rows], sub, prompt[rows], config.cfg_scale)
+            run = k > 0
+            if run.any():  # rows whose schedule commits nothing this step skip the model call
+                rows = run.nonzero().squeeze(-1)
+                positions = candidates & run[:, None]
+                logits = self._active_logits(x[rows], attention_mask[rows], positions[rows])
+                for hook in logits_hooks:
+                    logits = hook(step, x, logits, positions)
+                logits[:, mask_id] = float("-inf")
                 num_model_calls += 1
                 row_model_calls[rows] += 1
-                tokens, confidence = propose_tokens(logits, config, generator)
-                grid_conf = torch.full(sub.shape, float("-inf"), device=x.device)
-                grid_conf[sub] = confidence
-                grid_tok = x[rows].clone()
-                grid_tok[sub] = tokens
-                k_rows = k[rows]
-                if config.confidence_threshold is not None:
-                    above = (grid_conf > config.confidence_threshold).sum(-1)
-                    k_rows = torch.maximum(k_rows, above)
-                order = grid_conf.argsort(dim=-1, descending=True, stable=True)
-                take = positions[None, :] < k_rows[:, None]
-                sub_commit = torch.zeros_like(sub).scatter(-1, order, take) & sub
-                x[rows] = torch.where(sub_commit, grid_tok, x[rows])
-                commit[rows] = sub_commit
-            commit_step[commit] = step
+                proposals, confidence = propose_tokens(logits, config, generator)
+                commit[rows] = _most_confident(positions[rows], confidence, k[rows], config.confidence_threshold)
+                x[commit] = proposals[commit[positions]]
             committed_per_step.append(commit.sum(-1))
-            if config.stop_at_eos:
-                self._pad_after_eos(x, generated, eos_id, pad_id, mask_id, commit_step, step)
+            for hook in tokens_hooks:
+                x = hook(step, x, commit)
+                if x.shape != commit.shape:
+                    raise ValueError(f"a tokens_hook returned shape {tuple(x.shape)}, expected {tuple(commit.shape)}")
+            commit_step[remaining & (x != mask_id)] = step
             if config.output_history:
                 history.append(x.clone())
-            block_step = block_step + 1
             step += 1
             if progress is not None:
                 progress.update(1)
@@ -362,19 +454,7 @@ class DiffusionGenerationMixin:
 
         if not config.return_dict_in_generate:
             return x
-        per_step = torch.stack(committed_per_step, 1) if committed_per_step else x.new_zeros(batch, 0)
+        per_step = torch.stack(committed_per_step, 1) if committed_per_step else x.new_zeros(x.shape[0], 0)
         return DiffusionGenerationOutput(
             sequences=x, commit_step=commit_step, committed_per_step=per_step, num_model_calls=num_model_calls,
             row_model_calls=row_model_calls, history=tuple(history) if config.output_history else None)
-
-    @staticmethod
-    def _pad_after_eos(x, generated, eos_id, pad_id, mask_id, commit_step, step):
-        """Every generated position after a row's first committed generated EOS becomes padding."""
-        is_eos = generated & (x == eos_id)
-        if not is_eos.any():
-            return
-        positions = torch.arange(x.shape[1], device=x.device)
-        first_eos = torch.where(is_eos, positions, x.shape[1]).min(-1).values
-        after = generated & (positions[None, :] > first_eos[:, None])
-        commit_step[after & (x == mask_id)] = step
-        x[after] = pad_id

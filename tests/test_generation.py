@@ -234,6 +234,86 @@ def test_guidance_without_a_prompt_changes_nothing():
     assert torch.equal(plain, guided)
 
 
+def test_guidance_hook_samples_what_the_batched_guided_call_did():
+    """cfg_scale is a logits hook that runs the prompt-masked rows as a second call; for a fixed seed it samples what
+    the former sampler did with conditional and unconditional rows in one batched call (rebuilt here as a hook)."""
+    model = tiny_model(dtype=torch.float64)
+    ids = torch.tensor([[PAD, PAD, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    new_tokens, scale = 10, 2.0
+    attention = torch.cat([mask, torch.ones(2, new_tokens, dtype=torch.long)], 1)
+    prompt = torch.cat([mask.bool(), torch.zeros(2, new_tokens, dtype=torch.bool)], 1)
+
+    def batched_guidance(step, tokens, logits, positions):  # ignores the given logits: one call on twice the rows
+        rows = positions.any(-1)
+        canvas, where = tokens[rows], torch.cat([positions[rows], positions[rows]])
+        both = torch.cat([canvas, canvas.masked_fill(prompt[rows], MASK)])
+        hidden = model.model(input_ids=both, attention_mask=attention[rows].repeat(2, 1)).last_hidden_state
+        conditional, unconditional = model.lm_head(hidden[where]).float().chunk(2)
+        return unconditional + (1.0 + scale) * (conditional - unconditional)
+
+    kwargs = dict(max_new_tokens=new_tokens, num_steps=5, temperature=1.0, top_k=40)
+    guided = model.diffusion_generate(ids, mask, cfg_scale=scale, generator=torch.Generator().manual_seed(4), **kwargs)
+    reference = model.diffusion_generate(ids, mask, logits_hook=batched_guidance,
+                                         generator=torch.Generator().manual_seed(4), **kwargs)
+    plain = model.diffusion_generate(ids, mask, generator=torch.Generator().manual_seed(4), **kwargs)
+    assert torch.equal(guided, reference)
+    assert not torch.equal(guided, plain)
+
+
+def test_a_logits_hook_runs_once_per_model_step_and_can_steer_the_output():
+    model = tiny_model()
+    prompt = torch.tensor([[5, 6, 7]])
+    calls = []
+
+    def record(step, tokens, logits, positions):
+        calls.append((step, tokens.clone(), positions.clone(), tuple(logits.shape)))
+        return logits
+
+    kwargs = dict(max_new_tokens=8, num_steps=8, step_schedule="linear")
+    out = model.diffusion_generate(prompt, logits_hook=record, return_dict_in_generate=True, **kwargs)
+    assert torch.equal(out.sequences, model.diffusion_generate(prompt, **kwargs))  # an identity hook changes nothing
+    assert [call[0] for call in calls] == list(range(8)) and out.num_model_calls == 8
+    for _, tokens, positions, shape in calls:
+        assert torch.equal(positions, tokens == MASK)  # one block: every mask left has logits
+        assert shape == (int(positions.sum()), VOCAB)
+
+    def only_42(step, tokens, logits, positions):
+        steered = torch.full_like(logits, -1e4)
+        steered[:, 42] = 0.0
+        steered[:, MASK] = 1e4  # the sampler keeps the mask token at -inf whatever a hook returns
+        return steered
+
+    forced = model.diffusion_generate(prompt, logits_hook=only_42, **kwargs)
+    assert (forced[0, 3:] == 42).all() and torch.equal(forced[0, :3], prompt[0])
+    assert not (out.sequences[0, 3:] == 42).all()
+
+
+def test_a_tokens_hook_sees_each_steps_commits_and_can_edit_the_canvas():
+    model = tiny_model()
+    prompt = torch.tensor([[5, 6, 7]])
+    seen = []
+
+    def commit_sevens(step, tokens, committed):
+        seen.append((step, committed.clone()))
+        return tokens.masked_fill(committed, 7)
+
+    out = model.diffusion_generate(prompt, max_new_tokens=9, num_steps=4, tokens_hook=commit_sevens,
+                                   return_dict_in_generate=True)
+    assert [step for step, _ in seen] == list(range(out.committed_per_step.shape[1]))
+    assert torch.equal(torch.stack([c.sum(-1) for _, c in seen], 1), out.committed_per_step)
+    for step, committed in seen:
+        assert (out.commit_step[committed] == step).all()
+    assert (out.sequences[0, 3:] == 7).all() and torch.equal(out.sequences[0, :3], prompt[0])
+
+
+def test_hooks_must_be_callable():
+    model = tiny_model()
+    for name in ("logits_hook", "tokens_hook"):
+        with pytest.raises(TypeError, match=name):
+            model.diffusion_generate(batch_size=1, max_length=8, **{name: "not a function"})
+
+
 def test_propose_tokens_top_k_one_is_greedy_at_any_temperature():
     logits = torch.randn(64, VOCAB, generator=torch.Generator().manual_seed(0))
     config = DiffusionGenerationConfig(temperature=5.0, top_k=1)
@@ -314,7 +394,7 @@ def test_saved_checkpoint_samples_through_trust_remote_code_alone(tmp_path):
 
 def test_benchmark_sampling_rows_report_generated_tokens_and_calls():
     from tdlm import TDLMForCausalLM
-    from tdlm.benchmark_sampling import benchmark_sampling, format_table
+    from tdlm.evaluation.sampling_speed import benchmark_sampling, format_table
 
     diffusion = tiny_model()
     torch.manual_seed(0)
