@@ -1,25 +1,35 @@
-"""lm-eval model "tdlm": TDLM checkpoints (diffusion or AR) behind lm-eval's LM interface.
+"""lm-eval model "tdlm": TDLM checkpoints (diffusion or AR) behind lm-eval's `TemplateLM` interface.
 
     import tdlm.evaluation.lm_eval_adapter  # registers "tdlm" (a registered model is visible only after import)
     lm_eval.simple_evaluate(model="tdlm", model_args="pretrained=PATH,mc_num=128", tasks=[...], task_manager=...)
 
-loglikelihood uses our conditional log-likelihoods (AR exact; diffusion LLaDA Monte Carlo with masks shared by
-the choices of one context); loglikelihood_rolling is the exact NLL (AR, lm-eval's rolling windows) or minus the
-NELBO over max-length blocks (diffusion: a lower bound on log p); generate_until uses `generate` (AR) or
-`diffusion_generate` (diffusion) and cuts at the stop strings.
+TemplateLM encodes each (context, continuation) request as lm-eval's `hf` backend does (trailing context spaces
+move to the continuation; an empty context becomes the prefix token) and hands the token ids to
+`_loglikelihood_tokens`, which scores them with `tdlm.evaluation.likelihood`: AR exact; diffusion LLaDA Monte Carlo,
+the masks seeded by (seed, context string) so the choices of one context share them. loglikelihood_rolling is the
+exact NLL (AR, lm-eval's rolling windows) or minus the NELBO over max-length blocks (diffusion: a lower bound on
+log p); generate_until uses `generate` (AR) or `diffusion_generate` (diffusion) and cuts at the stop strings.
 """
 
 import lm_eval.models  # noqa: F401  (fills the registry with lm-eval's own models first)
 import torch
-from lm_eval.api.model import LM
+from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from .checkpoints import load_checkpoint
-from .likelihood import (conditional_loglikelihood, diffusion_nelbo_samples, is_diffusion, prefix_token_id)
+from .likelihood import (
+    _context_key,
+    _fit_continuations,
+    ar_conditional_loglikelihood,
+    diffusion_conditional_loglikelihood,
+    diffusion_nelbo_samples,
+    prefix_token_id,
+)
 
 
 @register_model("tdlm")
-class TDLMLM(LM):
+class TDLMLM(TemplateLM):
     def __init__(self, pretrained: str = None, model=None, tokenizer=None, mc_num: int = 128, seed: int = 0,
                  batch_size: int | str = 32, nelbo_samples: int = 32, max_gen_toks: int = 64, device: str = None,
                  **kwargs):
@@ -29,37 +39,53 @@ class TDLMLM(LM):
                 raise ValueError("lm-eval model 'tdlm' needs pretrained=<checkpoint folder> (or model=, tokenizer=)")
             model, tokenizer = load_checkpoint(pretrained, device=device if device not in (None, "auto") else None)
         self.model, self.tokenizer = model, tokenizer
+        self._device = model.device
         self.mc_num, self.seed, self.nelbo_samples = int(mc_num), int(seed), int(nelbo_samples)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 32
         self.max_gen_toks = int(max_gen_toks)
 
     @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        return prefix_token_id(self.tokenizer)
+
+    @property
     def max_length(self) -> int:
         return self.model.config.max_position_embeddings
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        pairs = [request.args for request in requests]
-        return conditional_loglikelihood(self.model, self.tokenizer, pairs, mc_num=self.mc_num, seed=self.seed,
-                                         batch_size=self.batch_size, show_progress=not disable_tqdm)
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        special = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+        return self.tokenizer.encode(string, **special)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+        encoded = _fit_continuations([(context, continuation) for _, context, continuation in requests],
+                                     self.max_length)
+        if self.model.config.is_diffusion:
+            keys = [_context_key(self.seed, context) for (context, _), _, _ in requests]
+            return diffusion_conditional_loglikelihood(self.model, encoded, keys, self.mc_num, self.batch_size,
+                                                       show_progress=not disable_tqdm)
+        return ar_conditional_loglikelihood(self.model, encoded, self.batch_size, show_progress=not disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-
         results = []
         for request in requests:
-            tokens = self.tokenizer.encode(request.args[0])
-            if is_diffusion(self.model):
+            tokens = self.tok_encode(request.args[0])
+            if self.model.config.is_diffusion:
                 blocks = [torch.tensor(tokens[i:i + self.max_length]) for i in range(0, len(tokens), self.max_length)]
-                total = sum(float(diffusion_nelbo_samples(self.model, b.unsqueeze(0), self.nelbo_samples,
-                                                          self.seed).mean()) for b in blocks)
-                results.append(-total)
-                continue
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                tokens, prefix_token_id(self.tokenizer), self.max_length, context_len=1)]
-            from .likelihood import ar_conditional_loglikelihood
-
-            scores = ar_conditional_loglikelihood(self.model, windows, self.batch_size)
-            results.append(sum(score for score, _ in scores))
+                results.append(-sum(float(diffusion_nelbo_samples(self.model, block.unsqueeze(0), self.nelbo_samples,
+                                                                  self.seed).mean()) for block in blocks))
+            else:  # windows score up to max_length tokens each: not clipped like _loglikelihood_tokens' requests
+                windows = [make_disjoint_window(window) for window in get_rolling_token_windows(
+                    tokens, self.prefix_token_id, self.max_length, context_len=1)]
+                results.append(sum(score for score, _ in ar_conditional_loglikelihood(self.model, windows,
+                                                                                      self.batch_size)))
         return results
 
     @torch.no_grad()
@@ -70,10 +96,10 @@ class TDLMLM(LM):
             until = gen_kwargs.get("until") or [self.tokenizer.eos_token]
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
-            ids = self.tokenizer.encode(context) or [prefix_token_id(self.tokenizer)]
+            ids = self.tok_encode(context) or [self.prefix_token_id]
             ids = ids[-max(1, self.max_length - max_new):]
             input_ids = torch.tensor([ids], device=self.model.device)
-            if is_diffusion(self.model):
+            if self.model.config.is_diffusion:
                 generator = torch.Generator(device=self.model.device).manual_seed(self.seed)
                 sequence = self.model.diffusion_generate(input_ids=input_ids, max_new_tokens=max_new,
                                                          generator=generator)
@@ -105,12 +131,13 @@ def evaluate_with_lm_eval(model_name: str, model_args, tasks, limit=None, data_d
     from .tasks import lm_eval_task_names, write_lm_eval_tasks
 
     families, names = lm_eval_task_names(tasks)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="tdlm_tasks_") as tmp:
         folder = task_dir or tmp
         write_lm_eval_tasks(folder, families, data_dir)
         manager = TaskManager(include_path=folder, include_defaults=False)
         return lm_eval.simple_evaluate(model=model_name, model_args=model_args, tasks=names, limit=limit,
                                        num_fewshot=num_fewshot, task_manager=manager, log_samples=log_samples,
-                                       batch_size=batch_size, device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                                       batch_size=batch_size, device=device,
                                        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                        fewshot_random_seed=seed, bootstrap_iters=0)
