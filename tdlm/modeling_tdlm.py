@@ -7,6 +7,7 @@ Shipped as remote code next to the weights: imports only torch, transformers and
 (fused_cross_entropy.py imports Triton when it is installed).
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_tdlm import TDLMConfig
 from .fused_cross_entropy import HEAD_CHUNK_SIZE, linear_cross_entropy
@@ -28,6 +30,11 @@ except ImportError:  # pragma: no cover - older 5.x releases
 
 # transformers renamed the cache field of model outputs from `past_key_values` to `cache` during 5.x
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _as_requested(output: ModelOutput, return_dict: bool | None, config: TDLMConfig):
+    """`output`, or its non-None fields as a tuple when `return_dict` (default: `config.return_dict`) is False."""
+    return output if (config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,8 +93,24 @@ class TDLMMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, is_causal=False,
+                            **kwargs):
+    """Attention written out, returning its weights (the maps of `output_attentions`): query/key/value [B, H, L, D],
+    `attention_mask` a boolean [B, 1, Lq, Lk] mask (True = attend) or None (full attention, or causal when
+    `is_causal`). Returns (output [B, Lq, H, D], weights [B, H, Lq, Lk]), as transformers' attention functions do."""
+    scores = (query @ key.transpose(-1, -2)) * scaling
+    if attention_mask is None and is_causal:
+        attention_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    weights = F.dropout(scores.softmax(-1, dtype=torch.float32).to(query.dtype), dropout, module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
 class TDLMAttention(nn.Module):
-    """Multi-head self-attention: sdpa by default, an eager path when attention maps are requested."""
+    """Multi-head self-attention. `config._attn_implementation` picks the kernel: "eager" (`eager_attention_forward`,
+    also used whenever attention maps are requested) or one of transformers' `ALL_ATTENTION_FUNCTIONS` ("sdpa" by
+    default)."""
 
     def __init__(self, config: TDLMConfig, layer_idx: int):
         super().__init__()
@@ -95,6 +118,7 @@ class TDLMAttention(nn.Module):
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.num_heads = config.num_attention_heads
+        self.scaling = 1.0 / math.sqrt(self.head_dim)  # sdpa's own default, bit for bit
         self.is_causal = not config.is_diffusion
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -110,24 +134,18 @@ class TDLMAttention(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        dropout = self.config.attention_dropout if self.training else 0.0
-        # attention_mask is None (no padding, no cache offset: sdpa's fused causal/full kernels) or a
-        # boolean [B, 1, Lq, Lk] mask built by TDLMModel.
-        is_causal = self.is_causal and attention_mask is None
-        weights = None
-        if output_attentions or self.config._attn_implementation == "eager":
-            scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5
-            if is_causal:
-                attention_mask = torch.ones(length, k.shape[-2], dtype=torch.bool, device=q.device).tril()
-            if attention_mask is not None:
-                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            weights = F.dropout(scores.softmax(-1, dtype=torch.float32).to(q.dtype), dropout, self.training)
-            out = weights @ v
+        implementation = self.config._attn_implementation
+        if output_attentions or implementation == "eager":
+            attention = eager_attention_forward
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout,
-                                                 is_causal=is_causal)
-        out = out.transpose(1, 2).reshape(batch, length, -1)
-        return self.o_proj(out), weights
+            attention = ALL_ATTENTION_FUNCTIONS[implementation]
+        # attention_mask is None (no padding, no cache offset: sdpa's fused causal/full kernels) or a boolean
+        # [B, 1, Lq, Lk] mask built by TDLMModel. is_causal is always passed: sdpa would otherwise fall back to
+        # `module.is_causal` with no mask.
+        out, weights = attention(self, q, k, v, attention_mask, scaling=self.scaling,
+                                 dropout=self.config.attention_dropout if self.training else 0.0,
+                                 is_causal=self.is_causal and attention_mask is None)
+        return self.o_proj(out.reshape(batch, length, -1)), weights
 
 
 class TDLMDecoderLayer(GradientCheckpointingLayer):
@@ -197,8 +215,9 @@ class TDLMModel(TDLMPreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ):
+    ) -> BaseModelOutputWithPast | tuple:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -235,12 +254,13 @@ class TDLMModel(TDLMPreTrainedModel):
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden.append(hidden_states)
-        return BaseModelOutputWithPast(
+        output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attn) if output_attentions else None,
             **{_CACHE_FIELD: cache},
         )
+        return _as_requested(output, return_dict, self.config)
 
     @staticmethod
     def _attention_mask(attention_mask, batch, length, past, causal, device):
@@ -287,7 +307,10 @@ def supervised_loss(
     positions = labels != -100
     rows = hidden_states[positions]
     targets = labels[positions]
-    coefficients = loss_weights[positions].float() if loss_weights is not None else rows.new_ones(rows.shape[0], dtype=torch.float32)
+    if loss_weights is not None:
+        coefficients = loss_weights[positions].float()
+    else:
+        coefficients = rows.new_ones(rows.shape[0], dtype=torch.float32)
     denominator = num_items_in_batch if num_items_in_batch is not None else max(rows.shape[0], 1)
     if torch.is_tensor(denominator):
         denominator = denominator.to(rows.device)
@@ -379,18 +402,19 @@ class TDLMForMaskedDiffusion(_TDLMHeadModel, DiffusionGenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> TDLMOutput:
+    ) -> TDLMOutput | tuple:
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                                output_hidden_states=output_hidden_states)
+                             inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states, return_dict=True)
         hidden = outputs.last_hidden_state
         loss = token_losses = predictions = logits = None
         if labels is not None:
             loss, token_losses, predictions = self._supervised(hidden, labels, loss_weights, num_items_in_batch)
         if labels is None or return_logits:
             logits = self._logits(hidden)
-        return TDLMOutput(loss=loss, logits=logits, token_losses=token_losses, token_predictions=predictions,
-                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        output = TDLMOutput(loss=loss, logits=logits, token_losses=token_losses, token_predictions=predictions,
+                            hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return _as_requested(output, return_dict, self.config)
 
 
 @dataclass
@@ -416,7 +440,6 @@ class TDLMForCausalLM(_TDLMHeadModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        loss_weights: torch.Tensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         cache: Cache | None = None,
         past_key_values: Cache | None = None,
@@ -427,21 +450,23 @@ class TDLMForCausalLM(_TDLMHeadModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> TDLMCausalLMOutput:
-        """`labels` are the input ids themselves (-100 to ignore); they are shifted here, as in HF causal LMs."""
+    ) -> TDLMCausalLMOutput | tuple:
+        """`labels` are the input ids themselves (-100 to ignore); they are shifted here, as in HF causal LMs. The
+        loss is their plain (unweighted) cross-entropy over `num_items_in_batch` or the number of targets."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                    inputs_embeds=inputs_embeds, cache=cache if cache is not None else past_key_values,
-                                    use_cache=use_cache, output_attentions=output_attentions,
-                                    output_hidden_states=output_hidden_states)
+                             inputs_embeds=inputs_embeds, cache=cache if cache is not None else past_key_values,
+                             use_cache=use_cache, output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states, return_dict=True)
         hidden = outputs.last_hidden_state
         loss = token_losses = predictions = logits = None
         if labels is not None:
             loss, token_losses, predictions = self._supervised(hidden, labels, None, num_items_in_batch)
         if labels is None or return_logits:
             logits = self._logits(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
-        return TDLMCausalLMOutput(loss=loss, logits=logits, token_losses=token_losses, token_predictions=predictions,
-                                  hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-                                  **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)})
+        output = TDLMCausalLMOutput(loss=loss, logits=logits, token_losses=token_losses, token_predictions=predictions,
+                                    hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+                                    **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)})
+        return _as_requested(output, return_dict, self.config)
 
 
 # save_pretrained copies these files (and their relative imports) next to the weights

@@ -124,6 +124,63 @@ def test_eager_attention_equals_sdpa_and_maps_are_distributions(mode):
             assert (maps[0].triu(1) > 0).any()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_attention_dispatch_follows_the_config(mode, monkeypatch):
+    """"eager" (or requested maps) runs eager_attention_forward; otherwise ALL_ATTENTION_FUNCTIONS[implementation],
+    always told is_causal explicitly (sdpa would otherwise read module.is_causal)."""
+    import tdlm.modeling_tdlm as modeling
+
+    calls = []
+
+    def counting(name, function):
+        def attention(*args, **kwargs):
+            calls.append((name, kwargs["is_causal"]))
+            return function(*args, **kwargs)
+        return attention
+
+    monkeypatch.setattr(modeling, "eager_attention_forward", counting("eager", modeling.eager_attention_forward))
+    monkeypatch.setattr(modeling, "ALL_ATTENTION_FUNCTIONS",
+                        {"sdpa": counting("sdpa", modeling.ALL_ATTENTION_FUNCTIONS["sdpa"])})
+    model = tiny_model(mode)
+    ids = random_ids(2, 6)
+    layers, causal = model.config.num_hidden_layers, mode == "autoregressive"
+    with torch.no_grad():
+        model.config._attn_implementation = "sdpa"
+        model(ids)
+        assert calls == [("sdpa", causal)] * layers
+        calls.clear()
+        model(ids, output_attentions=True)
+        assert calls == [("eager", causal)] * layers
+        calls.clear()
+        model(ids, attention_mask=torch.ones_like(ids))  # a mask is given: it carries causality, is_causal is False
+        assert calls == [("sdpa", False)] * layers
+        calls.clear()
+        model.config._attn_implementation = "eager"
+        model(ids)
+        assert calls == [("eager", causal)] * layers
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_return_dict_false_gives_the_output_fields_as_a_tuple(mode):
+    model = tiny_model(mode)
+    ids = random_ids(2, 6)
+    labels = ids.masked_fill(ids % 2 == 0, -100)
+    inputs = ids.masked_fill(labels != -100, MASK_ID) if mode == "diffusion" else ids
+    with torch.no_grad():
+        as_dict = model(inputs, labels=labels, return_logits=True)
+        as_tuple = model(inputs, labels=labels, return_logits=True, return_dict=False)
+        logits_only, logits = model(inputs, return_dict=False), model(inputs).logits
+        backbone, hidden = model.model(inputs, return_dict=False), model.model(inputs).last_hidden_state
+        model.config.return_dict = False  # the config's default applies when return_dict is not given
+        by_config = model(inputs)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
+    for a, b in zip(as_tuple, as_dict.to_tuple()):
+        assert torch.equal(a, b)
+    assert len(logits_only) == 1 and torch.equal(logits_only[0], logits)
+    assert isinstance(backbone, tuple) and torch.equal(backbone[0], hidden)
+    assert isinstance(by_config, tuple) and torch.equal(by_config[0], logits)
+
+
 def _grads(model, ids, labels):
     model.zero_grad()
     model(ids, labels=labels).loss.backward()
@@ -153,6 +210,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_loss_equals_weighted_cross_entropy_of_full_logits(mode):
+    """Diffusion: sum of ELBO-weighted CE / normaliser. Causal: the same with weight 1 (it takes no loss_weights)."""
     model = tiny_model(mode)
     ids = random_ids(3, 7)
     generator = torch.Generator().manual_seed(5)
@@ -162,7 +220,11 @@ def test_loss_equals_weighted_cross_entropy_of_full_logits(mode):
     weights = torch.rand(ids.shape, generator=generator) * 3 + 0.5
     inputs = ids.masked_fill(supervised, MASK_ID) if mode == "diffusion" else ids
     num_items = torch.tensor(17)
-    out = model(inputs, labels=labels, loss_weights=weights, num_items_in_batch=num_items)
+    if mode == "diffusion":
+        out = model(inputs, labels=labels, loss_weights=weights, num_items_in_batch=num_items)
+    else:
+        out = model(inputs, labels=labels, num_items_in_batch=num_items)
+        weights = torch.ones_like(weights)
     assert out.logits is None
     logits = model(inputs).logits
     if mode == "autoregressive":  # position i predicts token i + 1
