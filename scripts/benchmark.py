@@ -1,57 +1,16 @@
 #!/usr/bin/env python
-"""Training and sampling throughput of TDLM, AR vs diffusion in one run (see tdlm/benchmark.py).
+"""Training and sampling throughput of TDLM, AR vs diffusion in one run (see tdlm/research/benchmark.py).
 
-    python scripts/benchmark.py --config configs/example_config.yaml --output results/benchmark.json
-    python scripts/benchmark.py --config configs/quick_test.yaml --steps 5 --warmup 2 training.batch_size=8
+Same as `tdlm-benchmark` (tdlm/cli/benchmark.py); `tdlm-benchmark --help` lists the options.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tdlm.benchmark import compile_variants, format_report, run_benchmark  # noqa: E402
-from tdlm.experiment import load_config  # noqa: E402
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiment YAML (model, training precision/compile, data.block_size)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per measurement")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--modes", default="autoregressive,diffusion")
-    parser.add_argument("--compile", default="false",
-                        help="torch.compile variants of the backbone to time: false, true (default mode) or a mode "
-                             "name, comma-separated, e.g. false,true,reduce-overhead (CUDA graphs)")
-    parser.add_argument("--head-implementations", default=None,
-                        help="fused head variants to time, e.g. chunked,triton (default: the config's)")
-    parser.add_argument("--sampling-steps", default="16,32,64,256", help="diffusion step counts ('' = no sampling)")
-    parser.add_argument("--sampling-batch", type=int, default=8)
-    parser.add_argument("--sampling-length", type=int, default=256)
-    parser.add_argument("--confidence-threshold", type=float, default=0.9)
-    parser.add_argument("--repeats", type=int, default=3, help="sampling repeats (median)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile a few bare-loop steps per head: device busy vs wall time, top kernels")
-    parser.add_argument("--output", default="results/benchmark.json")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args(argv)
-
-    config = load_config(args.config, args.overrides)
-    sampling = None
-    if args.sampling_steps:
-        sampling = {"batch_size": args.sampling_batch, "length": args.sampling_length, "repeats": args.repeats,
-                    "steps_list": tuple(int(s) for s in args.sampling_steps.split(",")),
-                    "confidence_threshold": args.confidence_threshold}
-    report = run_benchmark(config, device=args.device, steps=args.steps, warmup=args.warmup,
-                           modes=tuple(args.modes.split(",")),
-                           compile_variants=compile_variants(args.compile),
-                           head_variants=args.head_implementations.split(",") if args.head_implementations else None,
-                           sampling=sampling, profile=args.profile, output=args.output)
-    print(format_report(report))
-    print(f"\nwritten: {args.output}")
-
+from tdlm.cli.benchmark import cli, main  # noqa: E402, F401  (main: for tests and notebooks)
 
 if __name__ == "__main__":
-    main()
+    if status := cli():
+        sys.exit(status)

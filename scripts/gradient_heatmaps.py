@@ -1,33 +1,16 @@
 #!/usr/bin/env python
 """Four gradient heatmaps (corruption level vs time, gradient ratios, health matrix, dashboard) of a run.
 
-  python scripts/gradient_heatmaps.py quick_test            # experiment id under experiments/ (or a folder)
-  python scripts/gradient_heatmaps.py entity/project/run_id # W&B run (online only)
+Same as `tdlm-heatmaps` (tdlm/cli/gradient_heatmaps.py); `tdlm-heatmaps --help` lists the options.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-
-def main(argv=None):
-    from tdlm.evaluation.heatmaps import NoGradientMetricsError, generate_heatmaps
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="experiment id/folder or W&B run path")
-    parser.add_argument("--experiments-dir", default="experiments")
-    parser.add_argument("--output-root", default="research/heatmaps")
-    args = parser.parse_args(argv)
-    try:
-        paths = generate_heatmaps(args.run, args.experiments_dir, args.output_root)
-    except NoGradientMetricsError as error:
-        parser.exit(2, f"error: {error}\n")
-    for path in paths:
-        print(f"wrote {path}")
-    return paths
-
+from tdlm.cli.gradient_heatmaps import cli, main  # noqa: E402, F401  (main: for tests and notebooks)
 
 if __name__ == "__main__":
-    main()
+    if status := cli():
+        sys.exit(status)

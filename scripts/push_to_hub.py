@@ -1,43 +1,16 @@
+#!/usr/bin/env python
 """Publish a TDLM experiment (its best checkpoint) or a checkpoint folder to the Hugging Face Hub.
 
-    python scripts/push_to_hub.py experiments/<id> --repo-id user/name [--private] [--revision BRANCH]
-    python scripts/push_to_hub.py experiments/<id> --output-dir hub_upload   # write the upload set only
-
-The token comes from HF_TOKEN or `huggingface-cli login`; it is never printed.
+Same as `tdlm-push` (tdlm/cli/push_to_hub.py); `tdlm-push --help` lists the options.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tdlm.hub import DEFAULT_LICENSE, prepare_hub_folder, push_to_hub, resolve_checkpoint  # noqa: E402
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", metavar="EXPERIMENT_OR_CHECKPOINT")
-    parser.add_argument("--repo-id", help="Hub repository, user/name (required unless --output-dir)")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--revision", help="branch to commit to (created when missing)")
-    parser.add_argument("--license", default=DEFAULT_LICENSE, help="license in the model card metadata")
-    parser.add_argument("--commit-message", default="Upload TDLM model")
-    parser.add_argument("--output-dir", help="write the upload set (with README.md) here instead of pushing")
-    args = parser.parse_args(argv)
-
-    checkpoint = resolve_checkpoint(args.path)
-    if args.output_dir:
-        folder = prepare_hub_folder(checkpoint, args.output_dir, repo_id=args.repo_id, license=args.license)
-        print(f"wrote the upload set of {checkpoint} to {folder}")
-        return
-    if not args.repo_id:
-        parser.error("--repo-id is required to push (or pass --output-dir)")
-    push_to_hub(checkpoint, args.repo_id, private=args.private, revision=args.revision,
-                commit_message=args.commit_message, license=args.license)
-    branch = f" (branch {args.revision})" if args.revision else ""
-    print(f"pushed {checkpoint} to https://huggingface.co/{args.repo_id}{branch}")
-
+from tdlm.cli.push_to_hub import cli, main  # noqa: E402, F401  (main: for tests and notebooks)
 
 if __name__ == "__main__":
-    main()
+    if status := cli():
+        sys.exit(status)

@@ -1,52 +1,16 @@
+#!/usr/bin/env python
 """Train, resume or evaluate a TDLM experiment from a YAML config.
 
-    python scripts/train.py --config configs/quick_test.yaml
-    accelerate launch scripts/train.py --config configs/example_config.yaml training.learning_rate=3e-4
-    python scripts/train.py --resume experiments/<id>            # continue from the latest checkpoint
-    python scripts/train.py --eval-only --resume experiments/<id>/checkpoints/checkpoint-500
+Same as `tdlm-train` (tdlm/cli/train.py); `tdlm-train --help` lists the options.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tdlm.experiment import ConfigError, load_config, resolve_checkpoint  # noqa: E402
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (default with --resume: the experiment's saved config)")
-    parser.add_argument("--resume", help="checkpoint folder, or experiment folder (= its latest checkpoint)")
-    parser.add_argument("--experiment-id", help="experiment folder name (default tdlm_YYYYMMDD_HHMMSS)")
-    parser.add_argument("--output-dir", default="experiments", help="where experiment folders live")
-    parser.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    args = parser.parse_args(argv)
-
-    from tdlm.trainer import run_evaluation, run_training
-
-    try:
-        config_path = args.config
-        if config_path is None and args.resume:
-            _, experiment = resolve_checkpoint(args.resume)
-            if experiment is not None and experiment.config_path.is_file():
-                config_path = experiment.config_path
-        if config_path is None and not args.eval_only:
-            parser.error("--config is required (or --resume an experiment folder)")
-        config = load_config(config_path, args.overrides) if config_path else None
-        if args.eval_only:
-            if not args.resume:
-                parser.error("--eval-only needs --resume CHECKPOINT")
-            run_evaluation(config, args.resume, args.output_dir)
-        else:
-            run_training(config, args.experiment_id, args.output_dir, args.resume)
-    except (ConfigError, FileNotFoundError, ValueError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
+from tdlm.cli.train import cli, main  # noqa: E402, F401  (main: for tests and notebooks)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if status := cli():
+        sys.exit(status)

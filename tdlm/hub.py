@@ -1,11 +1,11 @@
 """Share a trained TDLM on the Hugging Face Hub: pick the checkpoint, write a model card, upload.
 
-Data flow: an experiment folder (or a checkpoint folder) --`resolve_checkpoint`--> the model folder to
+Data flow: an experiment folder (or a checkpoint folder) --`runs.model_folder`--> the model folder to
 publish --`prepare_hub_folder`--> the upload set (weights, config with `auto_map`, remote code, tokenizer,
 `generation_config.json`, README.md model card) --`push_to_hub`--> one commit on the Hub.
 
 The token comes from the usual huggingface_hub places (`token=`, `HF_TOKEN`, `huggingface-cli login`);
-this module never prints or logs it. `huggingface_hub` is imported lazily.
+this module never prints or logs it.
 """
 
 import json
@@ -15,7 +15,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .experiment import list_checkpoints
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCardData
+
+from .peft_utils import merge_adapter
+from .runs import Experiment, experiment_of, model_folder, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -35,68 +39,12 @@ _SECRET_KEY = re.compile(r"token|secret|password|api_key|apikey", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------
-# Which folder to publish
-# ---------------------------------------------------------------------------------------------
-def is_model_folder(path: Path) -> bool:
-    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
-
-
-def latest_checkpoint(experiment_dir) -> Path | None:
-    """The `checkpoints/checkpoint-N` folder with the largest N that holds a model, or None."""
-    found = [p for p in list_checkpoints(Path(experiment_dir) / "checkpoints", complete=False) if is_model_folder(p)]
-    return found[-1] if found else None
-
-
-def resolve_checkpoint(path) -> Path:
-    """A model folder to publish: `path` itself when it holds a model, else the experiment's best
-    checkpoint (results/summary.json "best_checkpoint"), else its latest `checkpoints/checkpoint-N`."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no such experiment or checkpoint folder: {path}")
-    if is_model_folder(path):
-        return path
-    summary_file = path / "results" / "summary.json"
-    best = load_json(summary_file).get("best_checkpoint") if summary_file.is_file() else None
-    if best:
-        candidates = [Path(best), path / best, path / "checkpoints" / Path(best).name]
-        for candidate in candidates:
-            if candidate.is_dir() and is_model_folder(candidate):
-                return candidate
-        raise FileNotFoundError(f"{summary_file} names best_checkpoint={best!r}, but no model folder exists at "
-                                f"any of {[str(c) for c in candidates]}")
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise FileNotFoundError(f"{path} is neither a model folder (no config.json) nor an experiment with "
-                                f"results/summary.json best_checkpoint or checkpoints/checkpoint-N")
-    return latest
-
-
-def experiment_dir_of(checkpoint: Path) -> Path | None:
-    """experiments/<id> for experiments/<id>/checkpoints/checkpoint-N, else None."""
-    checkpoint = Path(checkpoint).resolve()
-    if checkpoint.parent.name == "checkpoints":
-        return checkpoint.parent.parent
-    return None
-
-
-def load_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-
-
-# ---------------------------------------------------------------------------------------------
 # Model card
 # ---------------------------------------------------------------------------------------------
-def load_training_config(experiment_dir: Path | None) -> dict | None:
-    """The experiment's resolved configs/config.yaml, with credential-like keys removed."""
-    if experiment_dir is None or not (experiment_dir / "configs" / "config.yaml").is_file():
-        return None
-    import yaml
-
-    config = yaml.safe_load((experiment_dir / "configs" / "config.yaml").read_text()) or {}
-    return _without_secrets(config)
+def training_config_of(experiment: Experiment | None) -> dict | None:
+    """The experiment's resolved config, with credential-like keys removed."""
+    config = experiment.read_raw_config() if experiment is not None else None
+    return _without_secrets(config) if config is not None else None
 
 
 def _without_secrets(value):
@@ -105,14 +53,6 @@ def _without_secrets(value):
     if isinstance(value, list):
         return [_without_secrets(v) for v in value]
     return value
-
-
-def load_results(experiment_dir: Path | None) -> dict[str, dict]:
-    """results/*.json of the experiment, summary.json first: {file stem: contents}."""
-    if experiment_dir is None or not (experiment_dir / "results").is_dir():
-        return {}
-    files = sorted((experiment_dir / "results").glob("*.json"), key=lambda p: (p.name != "summary.json", p.name))
-    return {f.stem: load_json(f) for f in files}
 
 
 def datasets_of(training_config: dict | None) -> list[str]:
@@ -200,14 +140,12 @@ def model_card(checkpoint, repo_id: str | None = None, license: str = DEFAULT_LI
     """README.md for a checkpoint folder: YAML metadata, model description, usage, training config
     and the experiment's evaluation results (`experiment_dir` defaults to the experiment holding the
     checkpoint). `base_model`: the model a merged LoRA fine-tune started from."""
-    from huggingface_hub import ModelCardData
-
     checkpoint = Path(checkpoint)
-    config = load_json(checkpoint / "config.json")
+    config = read_json(checkpoint / "config.json")
     mode = config.get("training_mode", "diffusion")
-    experiment_dir = Path(experiment_dir) if experiment_dir is not None else experiment_dir_of(checkpoint)
-    training_config = load_training_config(experiment_dir)
-    results = load_results(experiment_dir)
+    experiment = Experiment(experiment_dir) if experiment_dir is not None else experiment_of(checkpoint)
+    training_config = training_config_of(experiment)
+    results = experiment.read_results() if experiment is not None else {}
     repo_id = repo_id or checkpoint.resolve().name
     datasets = datasets_of(training_config)
     metadata = ModelCardData(
@@ -225,8 +163,6 @@ def model_card(checkpoint, repo_id: str | None = None, license: str = DEFAULT_LI
     shape = ", ".join(f"{key} {config[key]}" for key in ("vocab_size", "hidden_size", "num_hidden_layers",
                                                          "num_attention_heads", "intermediate_size",
                                                          "max_position_embeddings") if key in config)
-    import yaml
-
     config_block = (f"```yaml\n{yaml.safe_dump(training_config, sort_keys=False).rstrip()}\n```"
                     if training_config else "The training configuration was not saved with this checkpoint.")
     lines = [
@@ -271,20 +207,18 @@ def prepare_hub_folder(path, output_dir, repo_id: str | None = None, license: st
     A LoRA adapter checkpoint (adapter_config.json, no config.json) is merged into its base model first,
     so what is published is always a full model that loads without PEFT.
     """
-    checkpoint = resolve_checkpoint(path)
+    checkpoint = model_folder(path)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    experiment_dir, base_model = experiment_dir_of(checkpoint), None
+    experiment, base_model = experiment_of(checkpoint), None
     with tempfile.TemporaryDirectory(prefix="tdlm-merge-") as merge_dir:
         if not (checkpoint / "config.json").is_file():
-            from .peft_utils import merge_adapter
-
-            base_model = load_json(checkpoint / "adapter_config.json").get("base_model_name_or_path")
+            base_model = read_json(checkpoint / "adapter_config.json").get("base_model_name_or_path")
             logger.info("merging the LoRA adapter %s into its base model %s before publishing", checkpoint, base_model)
             checkpoint = merge_adapter(checkpoint, Path(merge_dir) / "merged")
         for file in model_files(checkpoint):
             shutil.copy2(file, output_dir / file.name)
-        card = model_card(checkpoint, repo_id=repo_id, license=license, experiment_dir=experiment_dir,
+        card = model_card(checkpoint, repo_id=repo_id, license=license, experiment_dir=experiment and experiment.root,
                           base_model=base_model)
     (output_dir / "README.md").write_text(card)
     return output_dir
@@ -304,9 +238,7 @@ def push_to_hub(
     Creates the repository (and the `revision` branch) when missing. `token=None` uses the token
     huggingface_hub finds itself (HF_TOKEN, the login cache). Returns the CommitInfo.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    checkpoint = resolve_checkpoint(path)
+    checkpoint = model_folder(path)
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="tdlm-hub-") as staging:
         folder = prepare_hub_folder(checkpoint, staging, repo_id=repo_id, license=license)

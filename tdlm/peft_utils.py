@@ -10,14 +10,23 @@ The training YAML's `peft` section drives `apply_lora`:
       dropout: 0.05
       target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]
 
-`peft` is imported lazily.
+`peft` is an optional extra, imported where used.
 """
 
 from pathlib import Path
 
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-PEFT_DEFAULTS = {"enabled": False, "r": 8, "alpha": 16, "dropout": 0.05,
-                 "target_modules": list(DEFAULT_LORA_TARGETS), "base_model": None}
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+)
+
+from .config import SCHEMA
+from .runs import pretrained_source
+
+PEFT_DEFAULTS = {key: default for key, (default, _) in SCHEMA["peft"].items()}
+DEFAULT_LORA_TARGETS = tuple(PEFT_DEFAULTS["target_modules"])
 
 
 def peft_settings(peft_section: dict | None) -> dict:
@@ -40,25 +49,6 @@ def peft_settings(peft_section: dict | None) -> dict:
     return settings
 
 
-def resolve_base_model(base_model: str) -> str:
-    """A local experiment or checkpoint folder becomes its model folder (absolute); a Hub id is kept."""
-    if Path(base_model).exists():
-        from .hub import resolve_checkpoint
-
-        return str(resolve_checkpoint(base_model).resolve())
-    return base_model
-
-
-def load_base_model(base_model: str, **kwargs):
-    """The pretrained TDLM a LoRA run starts from (experiment folder, checkpoint folder or Hub id), as the
-    in-package class matching its training_mode. kwargs go to from_pretrained (e.g. dtype)."""
-    from .configuration_tdlm import TDLMConfig
-    from . import model_class_for
-
-    path = resolve_base_model(base_model)
-    return model_class_for(TDLMConfig.from_pretrained(path)).from_pretrained(path, **kwargs)
-
-
 def apply_lora(model, peft_section: dict):
     """Wrap `model` (a TDLM loaded from `peft_section["base_model"]`) in a LoRA `PeftModel`.
 
@@ -67,14 +57,18 @@ def apply_lora(model, peft_section: dict):
     type (PEFT's `generate()` wrapper); a diffusion model a plain `PeftModel` (diffusion_generate
     reaches the LoRA-injected base model through attribute forwarding).
     """
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import (  # an optional extra (tdlm[peft])
+        LoraConfig,
+        TaskType,
+        get_peft_model,
+    )
 
     settings = peft_settings(peft_section)
     missing = [name for name in settings["target_modules"]
                if not any(module_name.split(".")[-1] == name for module_name, _ in model.named_modules())]
     if missing:
         raise ValueError(f"peft.target_modules {missing} match no module of {type(model).__name__}")
-    is_causal = getattr(model.config, "training_mode", "diffusion") == "autoregressive"
+    is_causal = not model.config.is_diffusion
     lora_config = LoraConfig(
         r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
         target_modules=list(settings["target_modules"]), bias="none",
@@ -83,7 +77,7 @@ def apply_lora(model, peft_section: dict):
     peft_model = get_peft_model(model, lora_config)
     base_model = settings["base_model"] or getattr(model, "name_or_path", None)
     if base_model:
-        peft_model.peft_config["default"].base_model_name_or_path = resolve_base_model(str(base_model))
+        peft_model.peft_config["default"].base_model_name_or_path = pretrained_source(str(base_model))
     return peft_model
 
 
@@ -91,9 +85,7 @@ def merge_adapter(adapter_dir, output_dir, dtype=None) -> Path:
     """Load the adapter's base model (with its remote code), merge the LoRA weights into it and save a
     full, self-sufficient model folder: weights, config with auto_map, remote code, generation config,
     tokenizer (from the adapter folder when it has one, else from the base)."""
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
-
+    from peft import PeftConfig, PeftModel  # an optional extra (tdlm[peft])
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json: not a PEFT adapter folder")
@@ -101,7 +93,7 @@ def merge_adapter(adapter_dir, output_dir, dtype=None) -> Path:
     if not base:
         raise ValueError(f"{adapter_dir}/adapter_config.json has no base_model_name_or_path")
     config = AutoConfig.from_pretrained(base, trust_remote_code=True)
-    auto_class = AutoModelForCausalLM if config.training_mode == "autoregressive" else AutoModelForMaskedLM
+    auto_class = AutoModelForMaskedLM if config.is_diffusion else AutoModelForCausalLM
     model = auto_class.from_pretrained(base, trust_remote_code=True, **({"dtype": dtype} if dtype else {}))
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     merged.save_pretrained(output_dir)

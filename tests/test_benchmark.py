@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdlm.experiment import load_config
-from tdlm.trainer import build_model, build_tokenizer
+from tdlm.config import load_config
+from tdlm.training import build_model, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikitext-2-raw"
@@ -87,7 +87,7 @@ def test_compiled_backbone_trains_like_eager():
 
 def test_a_failing_variant_is_reported_and_the_run_goes_on(monkeypatch, tmp_path):
     """A head variant that fails (say, a kernel that does not compile on some GPU) must not lose the other rows."""
-    import tdlm.benchmark as benchmark
+    import tdlm.research.benchmark as benchmark
 
     real_check = benchmark.loss_agreement
 
@@ -113,7 +113,7 @@ def test_a_failing_variant_is_reported_and_the_run_goes_on(monkeypatch, tmp_path
 def test_profile_says_where_a_step_goes():
     """The profile's per-step numbers are consistent: kernels sorted by time, shares of the busy time, busy within the
     wall time; the matmuls are the biggest item of this model's CPU step."""
-    import tdlm.benchmark as benchmark
+    import tdlm.research.benchmark as benchmark
 
     config = load_config(str(ROOT / "configs" / "quick_test.yaml"), ["training.batch_size=4", "data.block_size=32"])
     found = benchmark.profile_bare_loop(config, build_tokenizer(config), "diffusion", torch.device("cpu"), steps=2,
@@ -130,7 +130,7 @@ def test_profile_says_where_a_step_goes():
 
 
 def test_compile_variants_name_a_mode_or_fail_clearly():
-    import tdlm.benchmark as benchmark
+    import tdlm.research.benchmark as benchmark
 
     assert benchmark.compile_variants("false, true,reduce-overhead") == (False, True, "reduce-overhead")
     with pytest.raises(ValueError, match="--compile: unknown variant 'fast'"):
@@ -145,7 +145,7 @@ def test_compile_variants_name_a_mode_or_fail_clearly():
 
 def test_compiled_variants_run_after_every_eager_row_and_sampling(monkeypatch):
     """A GPU run cut off by its time limit must lose the slow compiled rows, not the eager ones or sampling."""
-    import tdlm.benchmark as benchmark
+    import tdlm.research.benchmark as benchmark
 
     calls = []
 

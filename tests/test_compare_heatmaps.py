@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tdlm.evaluation import best_checkpoint
+from tdlm.runs import Experiment
 from tdlm.evaluation.heatmaps import NoGradientMetricsError, generate_heatmaps, gradient_table, load_run_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,12 +61,12 @@ def experiments(tmp_path_factory):
 
 
 def test_best_checkpoint_rules(experiments):
-    assert best_checkpoint(experiments / "dd_run").name == "checkpoint-10"  # summary.json
-    assert best_checkpoint(experiments / "ar_run").name == "checkpoint-20"  # lowest eval_loss in trainer_state
+    assert Experiment(experiments / "dd_run").best_checkpoint().name == "checkpoint-10"  # summary.json
+    assert Experiment(experiments / "ar_run").best_checkpoint().name == "checkpoint-20"  # lowest eval_loss in trainer_state
     (experiments / "ar_run" / "checkpoints" / "checkpoint-30" / "trainer_state.json").rename(
         experiments / "ar_run" / "state.bak")
     try:
-        assert best_checkpoint(experiments / "ar_run").name == "checkpoint-30"  # latest
+        assert Experiment(experiments / "ar_run").best_checkpoint().name == "checkpoint-30"  # latest
     finally:
         (experiments / "ar_run" / "state.bak").rename(
             experiments / "ar_run" / "checkpoints" / "checkpoint-30" / "trainer_state.json")

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tdlm.experiment import (ConfigError, Experiment, list_checkpoints, load_config, resolve_checkpoint,
-                             save_config)
+from tdlm.config import ConfigError, load_config, save_config
+from tdlm.runs import Experiment, list_checkpoints, resume_point
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ["example_config", "quick_test", "quick_test_ar", "wikitext2_offline"]
@@ -98,12 +98,12 @@ def test_experiment_folder_and_latest_checkpoint(tmp_path):
             (folder / "trainer_state.json").write_text("{}")
     (experiment.checkpoints_dir / ".tmp-30").mkdir()
     assert [p.name for p in list_checkpoints(experiment.checkpoints_dir)] == ["checkpoint-5", "checkpoint-10"]
-    checkpoint, found = resolve_checkpoint(experiment.root)
+    checkpoint, found = resume_point(experiment.root)
     assert checkpoint.name == "checkpoint-10" and found.root == experiment.root
-    checkpoint, found = resolve_checkpoint(experiment.checkpoints_dir / "checkpoint-5")
+    checkpoint, found = resume_point(experiment.checkpoints_dir / "checkpoint-5")
     assert checkpoint.name == "checkpoint-5" and found.root == experiment.root
     with pytest.raises(FileNotFoundError, match="missing"):
-        resolve_checkpoint(tmp_path / "missing")
+        resume_point(tmp_path / "missing")
 
 
 def test_push_to_hub_needs_a_repo_id():

@@ -13,6 +13,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 
 from publish_helpers import REPO_ROOT, make_experiment, run_without_tdlm, save_checkpoint
 from tdlm import hub
+from tdlm.runs import model_folder
 
 FAKE_TOKEN = "hf_FAKEtoken0123456789abcdefSECRET"
 
@@ -61,17 +62,17 @@ def read_card_metadata(readme):
 # ---------------------------------------------------------------------------------------------
 def test_resolve_checkpoint_prefers_best_then_latest(tmp_path):
     experiment = make_experiment(tmp_path, steps=(9, 10))
-    assert hub.resolve_checkpoint(experiment) == experiment / "checkpoints" / "checkpoint-9"  # summary's best
+    assert model_folder(experiment) == experiment / "checkpoints" / "checkpoint-9"  # summary's best
     checkpoint = experiment / "checkpoints" / "checkpoint-9"
-    assert hub.resolve_checkpoint(checkpoint) == checkpoint
+    assert model_folder(checkpoint) == checkpoint
     (experiment / "results" / "summary.json").write_text(json.dumps({"best_eval_loss": 1.0}))
-    assert hub.resolve_checkpoint(experiment).name == "checkpoint-10"  # numeric, not lexicographic order
+    assert model_folder(experiment).name == "checkpoint-10"  # numeric, not lexicographic order
     (experiment / "results" / "summary.json").write_text(json.dumps({"best_checkpoint": "checkpoints/checkpoint-7"}))
     with pytest.raises(FileNotFoundError, match="checkpoint-7"):
-        hub.resolve_checkpoint(experiment)
+        model_folder(experiment)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty"):
-        hub.resolve_checkpoint(tmp_path / "empty")
+        model_folder(tmp_path / "empty")
 
 
 def test_incomplete_checkpoint_is_refused_naming_the_missing_file(tmp_path):
@@ -213,10 +214,11 @@ def test_token_reaches_the_client_but_is_never_printed_or_logged(tmp_path, fake_
 
 def test_push_of_a_lora_checkpoint_publishes_the_merged_model(tmp_path, fake_hub):
     """A peft run's checkpoint holds only an adapter: it is merged into its base before the upload."""
-    from tdlm.peft_utils import apply_lora, load_base_model
+    from tdlm.peft_utils import apply_lora
+    from tdlm.runs import load_model
 
     base_experiment = make_experiment(tmp_path / "base", mode="diffusion")
-    peft_model = apply_lora(load_base_model(str(base_experiment)), {"r": 2, "base_model": str(base_experiment)})
+    peft_model = apply_lora(load_model(str(base_experiment)), {"r": 2, "base_model": str(base_experiment)})
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:

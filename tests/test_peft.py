@@ -11,7 +11,8 @@ import torch
 from publish_helpers import REPO_ROOT, run_without_tdlm, save_checkpoint
 from tdlm import TDLMForCausalLM, TDLMForMaskedDiffusion
 from tdlm.hub import REMOTE_CODE_FILES
-from tdlm.peft_utils import DEFAULT_LORA_TARGETS, apply_lora, load_base_model, merge_adapter, peft_settings
+from tdlm.peft_utils import DEFAULT_LORA_TARGETS, apply_lora, merge_adapter, peft_settings
+from tdlm.runs import load_model
 from tdlm.schedules import diffusion_targets, get_noise_schedule
 
 MODEL_CLASS = {"diffusion": TDLMForMaskedDiffusion, "autoregressive": TDLMForCausalLM}
@@ -42,7 +43,7 @@ def lora_run(request, tmp_path):
     """A saved base checkpoint, a LoRA fine-tune of it (in memory) and its saved adapter folder."""
     mode = request.param
     base_dir = save_checkpoint(tmp_path / "base", mode)
-    base = load_base_model(str(base_dir))
+    base = load_model(str(base_dir))
     assert type(base) is MODEL_CLASS[mode]
     before = {k: v.clone() for k, v in base.state_dict().items()}
     peft_model = apply_lora(base, {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tdlm import TDLMConfig, model_class_for
-from tdlm.schedule_validation import mask_blocks, path_nll, validate_schedules
+from tdlm.evaluation.schedule_validation import mask_blocks, path_nll, validate_schedules
 from tdlm.tokenization import config_kwargs_for_tokenizer, train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tdlm.study import mode_config, parse_budgets, summarize
+from tdlm.research.study import mode_config, parse_budgets, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 WIKI = REPO.parent / "shared" / "data" / "wikitext-2-raw"

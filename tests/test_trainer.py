@@ -12,9 +12,9 @@ import torch
 from transformers import TrainerCallback
 
 from tdlm import TDLMForMaskedDiffusion
-from tdlm.experiment import list_checkpoints, load_config, save_config
-from tdlm.metrics import read_metrics
-from tdlm.trainer import DiffusionTrainer, run_evaluation, run_training
+from tdlm.config import load_config, save_config
+from tdlm.runs import Experiment, list_checkpoints
+from tdlm.training import DiffusionTrainer, run_evaluation, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 WIKI = REPO.parent / "shared" / "data" / "wikitext-2-raw"
@@ -43,11 +43,11 @@ def tiny_config(corpus, *overrides):
 
 
 def train_losses(experiment):
-    return {r["step"]: r["loss"] for r in read_metrics(experiment / "logs" / "metrics.jsonl") if r["split"] == "train"}
+    return {r["step"]: r["loss"] for r in Experiment(experiment).read_metrics() if r["split"] == "train"}
 
 
 def eval_losses(experiment):
-    return {r["step"]: r["eval_loss"] for r in read_metrics(experiment / "logs" / "metrics.jsonl")
+    return {r["step"]: r["eval_loss"] for r in Experiment(experiment).read_metrics()
             if r["split"] == "eval"}
 
 
@@ -196,7 +196,7 @@ def test_eval_only_reproduces_the_logged_eval_loss(finished):
 
 def test_research_metrics_tiers(finished):
     experiment, _ = finished
-    train = {r["step"]: r for r in read_metrics(experiment / "logs" / "metrics.jsonl") if r["split"] == "train"}
+    train = {r["step"]: r for r in Experiment(experiment).read_metrics() if r["split"] == "train"}
     assert sorted(train) == [2, 4, 6, 8]
     for record in train.values():
         assert 0.0 <= record["masked_accuracy"] <= 1.0 and record["unweighted_loss"] > 0
@@ -303,7 +303,7 @@ sys.path.insert(0, {repo!r})
 sys.path.insert(0, {tests!r})
 from test_trainer import tiny_config
 from pathlib import Path
-from tdlm.trainer import DiffusionTrainer, run_training
+from tdlm.training import DiffusionTrainer, run_training
 
 original = DiffusionTrainer._save_rng_state
 

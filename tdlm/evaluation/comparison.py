@@ -6,63 +6,28 @@ its standard error for diffusion. When the two tokenizers differ, per-token numb
 the table says so.
 """
 
-import json
-import time
 from pathlib import Path
 
-from .checkpoints import best_checkpoint, load_checkpoint, read_metrics, resolve_experiment
-from .likelihood import is_diffusion
-
-
-def read_experiment_config(experiment_dir: Path) -> dict:
-    import yaml
-
-    path = Path(experiment_dir) / "configs" / "config.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
-
-
-def read_summary(experiment_dir: Path) -> dict:
-    path = Path(experiment_dir) / "results" / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def sampling_speed(model, tokenizer, num_tokens: int = 64, seed: int = 0) -> dict:
-    """Tokens per second generating `num_tokens` new tokens (at most max_position_embeddings - 1) after a
-    one-token prompt (batch 1)."""
-    import torch
-
-    num_tokens = min(num_tokens, model.config.max_position_embeddings - 1)
-    prompt = torch.tensor([[tokenizer.eos_token_id]], device=model.device)
-    start = time.perf_counter()
-    if is_diffusion(model):
-        generator = torch.Generator(device=model.device).manual_seed(seed)
-        out = model.diffusion_generate(input_ids=prompt, max_new_tokens=num_tokens, generator=generator,
-                                       return_dict_in_generate=True)
-        calls = out.num_model_calls
-    else:
-        model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=num_tokens,
-                       min_new_tokens=num_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        calls = num_tokens
-    seconds = time.perf_counter() - start
-    return {"tokens": num_tokens, "seconds": seconds, "tokens_per_second": num_tokens / seconds, "model_calls": calls}
+from ..runs import Experiment, find_experiment, load_checkpoint, write_json
+from .runner import evaluate_checkpoint
+from .sampling_speed import sampling_speed
 
 
 def evaluate_experiment(experiment, experiments_dir="experiments", data_config=None, eval_file=None, tasks=(),
                         limit=None, max_blocks=None, mc_num=32, nelbo_samples=16, seed=0, block_size=None,
                         sampling_tokens=64, device=None) -> dict:
-    from .runner import evaluate_checkpoint
-
-    folder = resolve_experiment(experiment, experiments_dir)
-    checkpoint = best_checkpoint(folder)
+    run = find_experiment(experiment, experiments_dir)
+    checkpoint = run.best_checkpoint()
     model, tokenizer = load_checkpoint(checkpoint, device)
-    summary = read_summary(folder)
+    summary = run.read_summary()
     result = evaluate_checkpoint(checkpoint, tasks, limit, mc_num, seed, likelihood=True, eval_file=eval_file,
                                  data_config=data_config, num_samples=nelbo_samples, block_size=block_size,
                                  max_blocks=max_blocks, model=model, tokenizer=tokenizer)
-    result.update({"experiment": folder.name, "experiment_dir": str(folder),
+    length = min(sampling_tokens, model.config.max_position_embeddings)
+    result.update({"experiment": run.experiment_id, "experiment_dir": str(run.root),
                    "train_tokens": summary.get("train_tokens"), "epochs": summary.get("epochs"),
                    "best_eval_loss_in_training": summary.get("best_eval_loss"),
-                   "sampling": sampling_speed(model, tokenizer, sampling_tokens, seed),
+                   "sampling": sampling_speed(model, batch_size=1, length=length, repeats=1, seed=seed),
                    "tokenizer_vocab": tokenizer.get_vocab()})
     return result
 
@@ -70,8 +35,7 @@ def evaluate_experiment(experiment, experiments_dir="experiments", data_config=N
 def compare_experiments(dd, ar, experiments_dir="experiments", eval_file=None, tasks=(), limit=None,
                         max_batches=None, batch_size=16, mc_num=32, nelbo_samples=16, seed=0,
                         sampling_tokens=64, device=None) -> dict:
-    dd_dir = resolve_experiment(dd, experiments_dir)
-    data_config = read_experiment_config(dd_dir).get("data") or {}
+    data_config = (find_experiment(dd, experiments_dir).read_raw_config() or {}).get("data") or {}
     max_blocks = max_batches * batch_size if max_batches else None
     runs = {}
     for role, experiment in (("diffusion", dd), ("autoregressive", ar)):
@@ -142,14 +106,14 @@ def format_table(comparison: dict, markdown: bool = False) -> str:
 
 def plot_eval_curves(experiment_dirs: dict, path) -> Path:
     """PNG of eval_loss vs step from each experiment's logs/metrics.jsonl."""
-    import matplotlib
+    import matplotlib  # an optional extra (tdlm[eval])
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4))
     for label, folder in experiment_dirs.items():
-        points = [(r["step"], r["eval_loss"]) for r in read_metrics(folder)
+        points = [(r["step"], r["eval_loss"]) for r in Experiment(folder).read_metrics()
                   if r.get("split") == "eval" and r.get("eval_loss") is not None]
         if points:
             steps, losses = zip(*sorted(points))
@@ -169,8 +133,6 @@ def plot_eval_curves(experiment_dirs: dict, path) -> Path:
 
 
 def save_comparison(comparison: dict, output_dir, name: str) -> dict:
-    from .runner import write_json
-
     output_dir = Path(output_dir)
     json_path = write_json(comparison, output_dir / f"{name}.json")
     md_path = output_dir / f"{name}.md"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-LEVELS = ("low", "medium", "high")
+from ..runs import Experiment
+from ..training.metrics import LEVELS
 
 
 class NoGradientMetricsError(ValueError):
@@ -21,17 +22,16 @@ class NoGradientMetricsError(ValueError):
 
 def load_run_metrics(run, experiments_dir="experiments") -> tuple[str, list[dict]]:
     """(run name, metric rows) from an experiment id/folder, or a W&B run path "entity/project/run_id"."""
-    from .checkpoints import read_metrics
-
     path = Path(run)
     for folder in (path, Path(experiments_dir) / run):
         if folder.is_dir():
-            if not (folder / "logs" / "metrics.jsonl").is_file():
-                raise FileNotFoundError(f"{folder} has no logs/metrics.jsonl")
-            return folder.name, read_metrics(folder)
+            experiment = Experiment(folder)
+            if not experiment.metrics_path.is_file():
+                raise FileNotFoundError(f"{folder} has no {experiment.metrics_path.relative_to(folder)}")
+            return experiment.experiment_id, experiment.read_metrics()
     if run.count("/") == 2:
         try:
-            import wandb
+            import wandb  # an optional extra (tdlm[wandb])
 
             history = wandb.Api().run(run).history(samples=100_000, pandas=False)
         except Exception as error:  # offline, unknown run, no credentials

@@ -21,32 +21,13 @@ import zlib
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..schedules import diffusion_targets, get_noise_schedule, sample_times
 
 
 def _progress(iterable, desc, total=None, disable=False):
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, desc=desc, total=total, leave=False, disable=disable)
-
-
-def is_diffusion(model) -> bool:
-    return model.config.training_mode == "diffusion"
-
-
-# ---------------------------------------------------------------------------------------------
-# Token streams -> blocks
-# ---------------------------------------------------------------------------------------------
-def make_blocks(token_ids, block_size: int, max_blocks: int | None = None) -> torch.LongTensor:
-    """Non-overlapping [num_blocks, block_size] blocks of a 1-D token stream; the ragged tail is dropped."""
-    ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
-    num_blocks = ids.numel() // block_size
-    if num_blocks == 0:
-        raise ValueError(f"eval stream has {ids.numel()} tokens, fewer than one block of {block_size}")
-    if max_blocks is not None:
-        num_blocks = min(num_blocks, max_blocks)
-    return ids[: num_blocks * block_size].view(num_blocks, block_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,21 +140,6 @@ def _ordered_nll_one(model, block: torch.LongTensor, order: torch.LongTensor) ->
     return out.token_losses.double().sum().cpu()
 
 
-def evaluate_likelihood(model, token_ids, block_size: int | None = None, max_blocks: int | None = None,
-                        num_samples: int = 32, seed: int = 0, batch_size: int = 16, exact_ordered: bool = False,
-                        show_progress: bool = True) -> dict:
-    """The headline likelihood of a checkpoint on a token stream: exact NLL (AR) or NELBO +- SE (diffusion)."""
-    block_size = block_size or model.config.max_position_embeddings
-    blocks = make_blocks(token_ids, block_size, max_blocks)
-    if not is_diffusion(model):
-        return ar_nll(model, blocks, batch_size, show_progress)
-    result = diffusion_nelbo(model, blocks, num_samples, seed, batch_size=batch_size,
-                             show_progress=show_progress)
-    if exact_ordered:
-        result["ordered"] = diffusion_ordered_nll(model, blocks, show_progress=show_progress)
-    return result
-
-
 # ---------------------------------------------------------------------------------------------
 # Conditional log-likelihood log p(continuation | context)
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +167,7 @@ def conditional_loglikelihood(model, tokenizer, pairs, mc_num: int = 128, seed: 
     """(log p(continuation | context), is_greedy) for each (context, continuation) string pair."""
     encoded = [encode_pair(tokenizer, context, continuation) for context, continuation in pairs]
     encoded = _fit_continuations(encoded, model.config.max_position_embeddings)
-    if is_diffusion(model):
+    if model.config.is_diffusion:
         keys = [_context_key(seed, context) for context, _ in pairs]
         return diffusion_conditional_loglikelihood(model, encoded, keys, mc_num, batch_size, show_progress)
     return ar_conditional_loglikelihood(model, encoded, batch_size, show_progress)

@@ -17,7 +17,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from .checkpoints import load_checkpoint
+from ..runs import load_checkpoint
 from .likelihood import (
     _context_key,
     _fit_continuations,

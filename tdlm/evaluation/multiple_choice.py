@@ -8,6 +8,7 @@ the greedy continuation) and `perplexity` = exp(-mean log p(target)).
 import math
 
 from .likelihood import conditional_loglikelihood
+from .tasks import load_task
 
 
 def score_docs(model, tokenizer, docs, mc_num: int = 128, seed: int = 0, batch_size: int = 32,
@@ -52,3 +53,27 @@ def aggregate(subtasks: dict[str, dict]) -> dict:
             metrics[metric] = sum(r[metric] * r["num_docs"] for r in subtasks.values()) / total
     metrics["num_docs"] = total
     return metrics
+
+
+def run_downstream(model, tokenizer, tasks, limit=None, mc_num: int = 128, seed: int = 0, data_dir=None,
+                   batch_size: int = 32, show_progress: bool = False) -> dict:
+    """{task: metrics} on local task files with our own scorer (no lm-eval needed).
+
+    MMLU variants report the size-weighted average over subjects plus each subject under "subtasks";
+    `limit` caps documents per (sub)task. Per-document log-likelihoods are left out.
+    """
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    results = {}
+    for task in tasks:
+        subtasks = {}
+        for name, docs in load_task(task, data_dir, limit).items():
+            metrics = score_docs(model, tokenizer, docs, mc_num=mc_num, seed=seed, batch_size=batch_size,
+                                 show_progress=show_progress)
+            metrics.pop("loglikelihoods")
+            subtasks[name] = metrics
+        if len(subtasks) == 1 and task in subtasks:
+            results[task] = subtasks[task]
+        else:
+            results[task] = {**aggregate(subtasks), "subtasks": subtasks}
+    return results

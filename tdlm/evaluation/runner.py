@@ -2,25 +2,25 @@
 
 import platform
 import time
-from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
 
-from .checkpoints import load_checkpoint
+import torch
+
+from .. import __version__
+from ..data import load_blocks
+from ..runs import load_checkpoint
+from .likelihood import ar_nll, diffusion_nelbo, diffusion_ordered_nll
+from .multiple_choice import run_downstream
 
 
 def environment_info() -> dict:
     """Package versions (and device) recorded with every result."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
     versions = {}
     for package in ("torch", "transformers", "accelerate", "datasets", "lm_eval", "tokenizers", "numpy"):
         try:
             versions[package] = version(package.replace("_", "-"))
         except PackageNotFoundError:
             versions[package] = None
-    from .. import __version__
-
     versions["tdlm"] = __version__
     return {"python": platform.python_version(), "packages": versions,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
@@ -30,8 +30,6 @@ def eval_blocks(tokenizer, block_size: int, eval_file=None, data_config: dict | 
                 max_blocks: int | None = None):
     """Token blocks of an eval text file (.txt/.raw/.jsonl), or of a config's `data` section (eval_files, or
     hub_dataset + eval_split), tokenized with `tokenizer` by tdlm.data."""
-    from ..data import load_blocks
-
     if eval_file is not None:
         source = {"files": [str(eval_file)]}
     elif data_config and data_config.get("eval_files"):
@@ -58,9 +56,6 @@ def evaluate_checkpoint(path, tasks=(), limit=None, mc_num: int = 128, seed: int
     backend "native" scores tasks with tdlm.evaluation.multiple_choice (no lm-eval); "lm-eval" runs the same
     local tasks through lm-eval with the registered "tdlm" model.
     """
-    from . import run_downstream
-    from .likelihood import ar_nll, diffusion_nelbo, diffusion_ordered_nll, is_diffusion
-
     if model is None:
         model, tokenizer = load_checkpoint(path, device)
     result = {"checkpoint": str(path), "training_mode": model.config.training_mode,
@@ -73,7 +68,7 @@ def evaluate_checkpoint(path, tasks=(), limit=None, mc_num: int = 128, seed: int
         block_size = block_size or min(model.config.max_position_embeddings,
                                        (data_config or {}).get("block_size") or model.config.max_position_embeddings)
         blocks = eval_blocks(tokenizer, block_size, eval_file, data_config, max_blocks)
-        if is_diffusion(model):
+        if model.config.is_diffusion:
             result["likelihood"] = diffusion_nelbo(model, blocks, num_samples, seed, batch_size=batch_size,
                                                    show_progress=True)
             if exact_ordered:
@@ -83,7 +78,7 @@ def evaluate_checkpoint(path, tasks=(), limit=None, mc_num: int = 128, seed: int
         result["likelihood"]["eval_data"] = str(eval_file) if eval_file else (data_config or {}).get("eval_files")
     if tasks:
         if backend == "lm-eval":
-            from .lm_eval_adapter import TDLMLM, evaluate_with_lm_eval
+            from .lm_eval_adapter import TDLMLM, evaluate_with_lm_eval  # lm-eval is an optional extra
 
             lm = TDLMLM(model=model, tokenizer=tokenizer, mc_num=mc_num, seed=seed, batch_size=batch_size)
             raw = evaluate_with_lm_eval(lm, None, list(tasks), limit=limit, data_dir=data_dir, seed=seed)
@@ -98,12 +93,3 @@ def evaluate_checkpoint(path, tasks=(), limit=None, mc_num: int = 128, seed: int
             raise ValueError(f"unknown backend {backend!r}; expected 'native' or 'lm-eval'")
     result["runtime_s"] = time.perf_counter() - started
     return result
-
-
-def write_json(data: dict, path) -> Path:
-    import json
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    return path

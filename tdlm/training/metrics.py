@@ -13,9 +13,6 @@ Names follow the experiment-folder contract; everything is written to logs/metri
 per line with "step", "epoch", "split"), the console, and W&B when enabled (transformers' WandbCallback).
 """
 
-import json
-import math
-from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -144,19 +141,11 @@ def level_gradient_norms(model, model_inputs: dict, position_levels: torch.LongT
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-def _jsonable(value):
-    if isinstance(value, torch.Tensor):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
 class MetricsJsonlCallback(TrainerCallback):
-    """Appends every training and evaluation log to logs/metrics.jsonl (main process only)."""
+    """Appends every training and evaluation log to the experiment's metrics log (main process only)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, experiment):
+        self.experiment = experiment
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -168,21 +157,5 @@ class MetricsJsonlCallback(TrainerCallback):
         else:
             return  # the end-of-training runtime summary goes to results/summary.json
         record = {"step": int(state.global_step), "epoch": float(state.epoch or 0.0), "split": split}
-        record.update({k: _jsonable(v) for k, v in logs.items() if k not in ("epoch", "step")})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def truncate_metrics(path: str | Path, after_step: int) -> None:
-    """Drop records logged after `after_step` (a resumed run logs those steps again)."""
-    path = Path(path)
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= after_step]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        record.update({k: v for k, v in logs.items() if k not in ("epoch", "step")})
+        self.experiment.append_metrics(record)

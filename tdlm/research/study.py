@@ -16,7 +16,12 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
+
+from ..data import BlockDataset, DataCollatorForTDLM, build_datasets
+from ..evaluation.likelihood import ar_nll, diffusion_nelbo
+from ..runs import Experiment
+from ..training import DiffusionTrainer, build_model, build_tokenizer, training_arguments
 
 MODES = ("ar", "diffusion", "ar_regularized")
 
@@ -68,12 +73,10 @@ class HeldOutLikelihood(TrainerCallback):
 
     @torch.no_grad()
     def score(self) -> dict:
-        from .evaluation.likelihood import ar_nll, diffusion_nelbo
-
         model = self.model
         was_training = model.training
         model.eval()
-        if model.config.training_mode == "diffusion":
+        if model.config.is_diffusion:
             result = diffusion_nelbo(model, self.blocks, num_samples=self.num_samples, seed=self.seed,
                                      batch_size=self.batch_size)
             point = {"eval_loss": result["nelbo"], "standard_error": result["standard_error"], "kind": "nelbo"}
@@ -87,11 +90,6 @@ class HeldOutLikelihood(TrainerCallback):
 def train_arm(config: dict, tokenizer, train_blocks, eval_blocks, eval_every: int, num_samples: int,
               output_dir: Path) -> dict:
     """Train one (mode, budget) arm and return its curve."""
-    from transformers import set_seed
-
-    from .data import BlockDataset, DataCollatorForTDLM
-    from .experiment import Experiment
-    from .trainer import DiffusionTrainer, build_model, training_arguments
 
     set_seed(config["training"]["seed"])
     model = build_model(config, tokenizer)
@@ -156,7 +154,7 @@ def format_markdown(summary: list[dict], settings: dict) -> str:
 
 
 def plot_curves(arms: list[dict], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # an optional extra (tdlm[eval])
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -182,8 +180,6 @@ def run_study(config: dict, epochs: int, budgets: list[float], eval_every: int, 
               output_dir: str | Path, num_samples: int = 8, max_eval_blocks: int | None = 64,
               ar_dropout: float = 0.1, ar_weight_decay: float = 0.5) -> dict:
     """Run every (budget, mode) arm; write study.json, study.md and study.png to `output_dir`."""
-    from .data import build_datasets
-    from .trainer import build_model, build_tokenizer
 
     if eval_every < 1 or epochs < 1:
         raise ValueError(f"--epochs ({epochs}) and --eval-every ({eval_every}) must be >= 1")

@@ -1,82 +1,93 @@
-"""Experiment configuration: YAML schema, loading, `key=value` overrides, validation, experiment folders.
+"""The experiment YAML: sections, defaults, `section.key=value` overrides and validation.
 
-A config is a nested dict with the sections of `DEFAULTS`. Every key a user writes must exist in the schema
-and have the right type; errors name the key ("training.learnig_rate: unknown key"). The resolved config
-(defaults + file + overrides) is saved as `experiments/<id>/configs/config.yaml`.
+A config is a nested dict with the sections of `SCHEMA`. Every key a user writes must exist in the schema and
+have the right type; errors name the key ("training.learnig_rate: unknown key").
 
-Experiment folder (shared contract with evaluation, comparison, heatmaps and publishing):
-
-    experiments/<id>/configs/config.yaml
-    experiments/<id>/checkpoints/checkpoint-<step>/
-    experiments/<id>/logs/metrics.jsonl
-    experiments/<id>/results/summary.json
+Defaults are not restated here; they come from the classes that own them:
+- `model` and `diffusion`: `TDLMConfig`'s constructor defaults (the 7M model of Prabhudesai et al.);
+- `sampling`: `DiffusionGenerationConfig()`;
+- `training`: `TrainingArguments`' field defaults, except the few where this project deliberately differs
+  (`TRAINING_DEFAULTS`, each with its reason).
+Keys that exist only in this platform (tokenizer, data files, checkpoint cadence, ...) are listed with their
+defaults below. The resolved config is saved in each experiment folder (see runs.py).
 """
 
 import copy
+import dataclasses
+import inspect
 import re
-import time
-from dataclasses import dataclass
+import typing
 from pathlib import Path
 
-from .configuration_tdlm import HEAD_IMPLEMENTATIONS, TRAINING_MODES
-from .generation_tdlm import REMASKING_RULES
+from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
+
+from .configuration_tdlm import HEAD_IMPLEMENTATIONS, TRAINING_MODES, TDLMConfig
+from .generation_tdlm import REMASKING_RULES, DiffusionGenerationConfig
 from .schedules import NOISE_SCHEDULES, STEP_SCHEDULES
 
-ANY = object()  # marker: no type check (lists of files, tags, ...)
+
+def _types_of(default, annotation=None) -> tuple:
+    """Allowed YAML types of a key: its annotation when it names plain types, else its default's type."""
+    args = typing.get_args(annotation) if annotation is not None else ()
+    if args or annotation in (int, float, str, bool):
+        types = tuple(None if a is type(None) else a for a in (args or (annotation,)))
+        return types + ((None,) if default is None and None not in types else ())
+    return (type(default),) if default is not None else (None,)
+
+
+def _from_model_config(keys) -> dict:
+    parameters = inspect.signature(TDLMConfig.__init__).parameters
+    return {k: (parameters[k].default, _types_of(parameters[k].default, parameters[k].annotation)) for k in keys}
+
+
+_GENERATION = DiffusionGenerationConfig()
+_SAMPLING_NULLABLE = {"top_k": int, "top_p": float, "confidence_threshold": float, "block_length": int,
+                      "max_new_tokens": int}  # None by default: their type when set
+_ARGS = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
+# YAML key -> TrainingArguments field, where the names differ
+TRAINING_ARGUMENT_NAMES = {"batch_size": "per_device_train_batch_size", "epochs": "num_train_epochs"}
+TRAINING_DEFAULTS = {  # where this project deliberately differs from TrainingArguments
+    "batch_size": 32,  # per device; global batch = batch_size * grad accumulation * processes
+    "learning_rate": 3e-4, "weight_decay": 0.1, "adam_beta2": 0.95,  # small-LM settings (nanoGPT, MDLM)
+    "lr_scheduler_type": "cosine",
+    "epochs": 1.0,
+    "max_steps": None,  # overrides epochs (TrainingArguments' -1)
+    "logging_steps": 10,  # research metrics are aggregated per logging step
+}
+
+
+def _training_key(key):
+    default = TRAINING_DEFAULTS[key] if key in TRAINING_DEFAULTS else _ARGS[TRAINING_ARGUMENT_NAMES.get(key, key)]
+    return default, ((int, None) if default is None else _types_of(default))
+
 
 # section -> key -> (default, allowed types). `None` in the types means the key may be null.
 SCHEMA = {
     "model": {
-        "training_mode": ("diffusion", (str,)),
-        "hidden_size": (128, (int,)),
-        "num_hidden_layers": (3, (int,)),
-        "num_attention_heads": (4, (int,)),
-        "intermediate_size": (320, (int,)),
+        **_from_model_config(("training_mode", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                              "intermediate_size")),
         "max_position_embeddings": (None, (int, None)),  # default: data.block_size
         "vocab_size": (None, (int, None)),  # default: len(tokenizer); larger values pad the embedding
-        "rope_theta": (10000.0, (float,)),
-        "attention_dropout": (0.0, (float,)),
-        "hidden_dropout": (0.0, (float,)),
-        "initializer_range": (0.02, (float,)),
+        **_from_model_config(("rope_theta", "attention_dropout", "hidden_dropout", "initializer_range")),
         "tokenizer": (None, (str, None)),  # a folder or Hub name; or use train_bpe
         "train_bpe": (None, (dict, None)),  # {files: [...], vocab_size: 1024, min_frequency: 2}
         "init_from": (None, (str, None)),  # start from a from_pretrained folder instead of random weights
-        "head_implementation": ("triton", (str,)),  # fused LM head + CE: triton (CUDA; else chunked) or chunked
+        **_from_model_config(("head_implementation",)),
     },
-    "diffusion": {
-        "noise_schedule": ("linear", (str,)),
-        "single_ratio_per_sequence": (True, (bool,)),
-        "min_mask_ratio": (0.0, (float,)),
-        "max_mask_ratio": (1.0, (float,)),
-        "antithetic_sampling": (True, (bool,)),
-        "time_epsilon": (1e-3, (float,)),
-    },
-    "sampling": {
-        "num_steps": (64, (int,)),
-        "step_schedule": ("cosine", (str,)),
-        "remasking": ("low_confidence", (str,)),
-        "temperature": (0.0, (float,)),
-        "top_k": (None, (int, None)),
-        "top_p": (None, (float, None)),
-        "confidence_threshold": (None, (float, None)),
-        "block_length": (None, (int, None)),
-        "cfg_scale": (0.0, (float,)),
-        "max_new_tokens": (None, (int, None)),
-    },
+    "diffusion": _from_model_config(("noise_schedule", "single_ratio_per_sequence", "min_mask_ratio",
+                                     "max_mask_ratio", "antithetic_sampling", "time_epsilon")),
+    "sampling": {k: (getattr(_GENERATION, k), (_SAMPLING_NULLABLE[k], None) if k in _SAMPLING_NULLABLE
+                     else _types_of(getattr(_GENERATION, k)))
+                 for k in ("num_steps", "step_schedule", "remasking", "temperature", "top_k", "top_p",
+                           "confidence_threshold", "block_length", "cfg_scale", "max_new_tokens")},
     "training": {
-        "batch_size": (32, (int,)),  # per device; global batch = batch_size * grad accumulation * processes
-        "eval_batch_size": (None, (int, None)),
-        "gradient_accumulation_steps": (1, (int,)),
-        "learning_rate": (3e-4, (float,)),
-        "weight_decay": (0.1, (float,)),
-        "adam_beta1": (0.9, (float,)),
-        "adam_beta2": (0.95, (float,)),
-        "max_grad_norm": (1.0, (float,)),
-        "warmup_steps": (0, (int, float)),  # int: steps; float < 1: fraction of training
-        "lr_scheduler_type": ("cosine", (str,)),
-        "epochs": (1.0, (float,)),
-        "max_steps": (None, (int, None)),  # overrides epochs
-        "logging_steps": (10, (int,)),
+        **{k: _training_key(k) for k in ("batch_size",)},
+        "eval_batch_size": (None, (int, None)),  # default: batch_size
+        **{k: _training_key(k) for k in ("gradient_accumulation_steps", "learning_rate", "weight_decay", "adam_beta1",
+                                         "adam_beta2", "max_grad_norm")},
+        "warmup_steps": (_ARGS["warmup_steps"], (int, float)),  # int: steps; float < 1: fraction of training
+        **{k: _training_key(k) for k in ("lr_scheduler_type", "epochs", "max_steps", "logging_steps")},
         "detailed_metrics_steps": (None, (int, None)),  # tier 2 research metrics; null = off
         "attention_analysis_steps": (None, (int, None)),  # tier 3 research metrics; null = off
         "eval_steps": (None, (int, None)),  # null: evaluate at each save and at the end
@@ -84,12 +95,11 @@ SCHEMA = {
         "save_every_n_epochs": (1, (int, None)),
         "cleanup_checkpoints": (True, (bool,)),
         "checkpoint_map_location": ("auto", (str,)),
-        "seed": (42, (int,)),
+        **{k: _training_key(k) for k in ("seed",)},
         "mixed_precision": ("no", (str,)),
         "torch_compile": (False, (bool,)),  # compiles the backbone (static shapes); the head is fused already
         "torch_compile_mode": (None, (str, None)),  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
-        "dataloader_num_workers": (0, (int,)),
-        "push_to_hub": (False, (bool,)),
+        **{k: _training_key(k) for k in ("dataloader_num_workers", "push_to_hub")},
         "hub_model_id": (None, (str, None)),
     },
     "enhanced_evaluation": {
@@ -117,7 +127,7 @@ SCHEMA = {
         "enabled": (False, (bool,)),
         "r": (8, (int,)),
         "alpha": (16, (int,)),
-        "dropout": (0.0, (float,)),
+        "dropout": (0.05, (float,)),
         "target_modules": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], (list,)),
         "base_model": (None, (str, None)),
     },
@@ -131,8 +141,9 @@ CHOICES = {  # the model package defines the names; the YAML schema checks them 
     "sampling.remasking": REMASKING_RULES,
     "training.mixed_precision": ("no", "fp16", "bf16"),
     "training.torch_compile_mode": (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-    "training.lr_scheduler_type": ("linear", "cosine", "constant", "constant_with_warmup",
-                                   "cosine_with_min_lr", "inverse_sqrt", "warmup_stable_decay"),
+    # every transformers schedule that needs no metric (reduce_lr_on_plateau) and no extra model (greedy)
+    "training.lr_scheduler_type": tuple(s.value for s in SchedulerType if s.value not in ("reduce_lr_on_plateau",
+                                                                                          "greedy")),
 }
 POSITIVE = ("model.hidden_size", "model.num_hidden_layers", "model.num_attention_heads", "model.intermediate_size",
             "sampling.num_steps", "training.batch_size", "training.gradient_accumulation_steps",
@@ -313,82 +324,3 @@ def save_config(config: dict, path: str | Path) -> None:
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-# ---------------------------------------------------------------------------------------------
-# Experiment folders
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Experiment:
-    root: Path
-
-    @property
-    def experiment_id(self) -> str:
-        return self.root.name
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def configs_dir(self) -> Path:
-        return self.root / "configs"
-
-    @property
-    def results_dir(self) -> Path:
-        return self.root / "results"
-
-    @property
-    def config_path(self) -> Path:
-        return self.configs_dir / "config.yaml"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.logs_dir / "metrics.jsonl"
-
-    @property
-    def summary_path(self) -> Path:
-        return self.results_dir / "summary.json"
-
-    def create(self) -> "Experiment":
-        for folder in (self.checkpoints_dir, self.logs_dir, self.configs_dir, self.results_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        return self
-
-
-def default_experiment_id() -> str:
-    return time.strftime("tdlm_%Y%m%d_%H%M%S")
-
-
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-
-
-def list_checkpoints(checkpoints_dir: str | Path, complete: bool = True) -> list[Path]:
-    """`checkpoint-<step>` folders, oldest step first; `complete` keeps only those with trainer_state.json
-    (a finished Trainer save), otherwise every folder of that name."""
-    folder = Path(checkpoints_dir)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := CHECKPOINT_PATTERN.match(p.name)) and (not complete or (p / "trainer_state.json").is_file())]
-    return [p for _, p in sorted(found)]
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Experiment | None]:
-    """A checkpoint folder, or an experiment folder (meaning its latest checkpoint) -> (checkpoint, experiment)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--resume path not found: {path}")
-    if (path / "checkpoints").is_dir():
-        checkpoints = list_checkpoints(path / "checkpoints")
-        if not checkpoints:
-            raise FileNotFoundError(f"experiment {path} has no complete checkpoint under {path / 'checkpoints'}")
-        return checkpoints[-1], Experiment(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is neither a checkpoint (no config.json) nor an experiment folder")
-    experiment = Experiment(path.parent.parent) if path.parent.name == "checkpoints" else None
-    return path, experiment

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .schedules import STEP_SCHEDULES
+from .. import runs
+from ..data import load_blocks
+from ..schedules import STEP_SCHEDULES
 
 DEFAULT_EVAL_FILE = "../shared/data/wikitext-2-raw/wiki.test.raw"
 MASK_MODES = ("second_half", "all")
@@ -91,7 +93,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path) -> None:
-    import matplotlib
+    import matplotlib  # an optional extra (tdlm[eval])
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -129,49 +131,38 @@ def write_report(rows: list[dict], output_dir, meta: dict) -> dict:
 # Locating what to validate
 # ---------------------------------------------------------------------------------------------
 def list_experiments(experiments_dir="experiments") -> list[dict]:
-    """Diffusion experiments under `experiments_dir` that have a checkpoint: id, checkpoint, training_mode."""
-    from .evaluation.checkpoints import best_checkpoint
-
+    """Experiments under `experiments_dir` that have a checkpoint: id, best checkpoint, training_mode."""
     found = []
-    root = Path(experiments_dir)
-    for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
+    for run in runs.list_experiments(experiments_dir):
         try:
-            checkpoint = best_checkpoint(folder)
+            checkpoint = run.best_checkpoint()
         except FileNotFoundError:
             continue
-        mode = json.loads((checkpoint / "config.json").read_text()).get("training_mode", "diffusion")
-        found.append({"experiment_id": folder.name, "checkpoint": str(checkpoint), "training_mode": mode})
+        mode = runs.read_json(checkpoint / "config.json").get("training_mode", "diffusion")
+        found.append({"experiment_id": run.experiment_id, "checkpoint": str(checkpoint), "training_mode": mode})
     return found
 
 
-def resolve_target(test, experiments_dir="experiments") -> tuple[Path, Path | None]:
-    """(checkpoint folder, experiment folder or None) for a checkpoint folder, an experiment folder or id, or
-    an experiment's configs/config.yaml."""
-    from .evaluation.checkpoints import best_checkpoint, resolve_experiment
-
+def resolve_target(test, experiments_dir="experiments") -> tuple[Path, runs.Experiment | None]:
+    """(checkpoint folder, experiment or None) for a checkpoint folder, an experiment folder or id, or an
+    experiment's configs/config.yaml."""
     path = Path(test)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         if path.parent.name != "configs":
             raise ValueError(f"{test} is a config without weights; pass an experiment (or its "
                              "configs/config.yaml) or a checkpoint folder. `--list` shows what can be validated.")
         path = path.parent.parent
-    if (path / "config.json").is_file():
-        experiment = path.parent.parent if path.parent.name == "checkpoints" else None
-        return path, experiment
-    experiment = resolve_experiment(test, experiments_dir) if not path.is_dir() else path
-    return best_checkpoint(experiment), experiment
+    if runs.is_model_folder(path):
+        return path, runs.experiment_of(path)
+    experiment = runs.find_experiment(test, experiments_dir)
+    return experiment.best_checkpoint(), experiment
 
 
 def held_out_blocks(tokenizer, length: int, num_samples: int, experiment=None, eval_file=None):
     """(`num_samples` blocks of `length` tokens, the file they came from): `eval_file`, else the experiment's
     data.eval_files, else the WikiText-2 test split."""
-    from .data import load_blocks
-
-    if eval_file is None and experiment is not None and (Path(experiment) / "configs" / "config.yaml").is_file():
-        import yaml
-
-        config = yaml.safe_load((Path(experiment) / "configs" / "config.yaml").read_text())
-        files = (config.get("data") or {}).get("eval_files")
+    if eval_file is None and experiment is not None:
+        files = ((experiment.read_raw_config() or {}).get("data") or {}).get("eval_files")
         eval_file = files[0] if isinstance(files, list) else files
     eval_file = eval_file or DEFAULT_EVAL_FILE
     blocks = load_blocks({"files": [str(eval_file)]}, tokenizer, length)
@@ -185,17 +176,15 @@ def held_out_blocks(tokenizer, length: int, num_samples: int, experiment=None, e
 def run_validation(test, steps=(8, 16, 32, 64), num_samples=64, output_dir=None, mask_mode="second_half",
                    length=None, eval_file=None, batch_size=16, device=None, experiments_dir="experiments") -> dict:
     """Load the checkpoint behind `test`, validate both step schedules, write the report; returns its paths."""
-    from .evaluation.checkpoints import load_checkpoint
-
     checkpoint, experiment = resolve_target(test, experiments_dir)
-    model, tokenizer = load_checkpoint(checkpoint, device)
+    model, tokenizer = runs.load_checkpoint(checkpoint, device)
     if not model.config.is_diffusion:
         raise ValueError(f"{checkpoint} is an autoregressive checkpoint; step schedules apply to diffusion models")
     length = length or model.config.max_position_embeddings
     blocks, eval_file = held_out_blocks(tokenizer, length, num_samples, experiment, eval_file)
     rows = validate_schedules(model, blocks, steps, mask_mode=mask_mode, batch_size=batch_size)
     if output_dir is None:
-        output_dir = Path(experiment) / "results" if experiment is not None else Path(checkpoint) / "schedule_validation"
+        output_dir = experiment.results_dir if experiment is not None else Path(checkpoint) / "schedule_validation"
     meta = {"checkpoint": str(checkpoint), "eval_file": eval_file, "mask_mode": mask_mode,
             "block_length": length, "num_samples": num_samples, "noise_schedule": model.config.noise_schedule,
             "remasking": "low_confidence", "temperature": 0.0}

@@ -16,7 +16,12 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .schedules import diffusion_targets, get_noise_schedule
+from ..config import CHOICES
+from ..data import BlockDataset, DataCollatorForTDLM
+from ..evaluation.sampling_speed import benchmark_sampling
+from ..runs import Experiment
+from ..schedules import diffusion_targets, get_noise_schedule
+from ..training import DiffusionTrainer, build_model, build_tokenizer, training_arguments
 
 # dense bf16 peak FLOP/s used for model FLOPs utilisation (vendor datasheets)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -96,9 +101,6 @@ def _summary(times, warmup, tokens_per_step):
 
 def benchmark_trainer(config: dict, tokenizer, mode: str, device: torch.device, steps: int, warmup: int) -> dict:
     """Tokens/s of `DiffusionTrainer` exactly as `scripts/train.py` builds it (precision, compile, optimizer)."""
-    from .data import BlockDataset, DataCollatorForTDLM
-    from .experiment import Experiment
-    from .trainer import DiffusionTrainer, build_model, training_arguments
 
     config = _for_mode(config, mode)
     t = config["training"]
@@ -141,7 +143,6 @@ def _loss_fn(model, mode, schedule, generator):
 def _bare_loop(config: dict, tokenizer, mode: str, device: torch.device, num_steps: int):
     """The same model, loss and AdamW in a plain PyTorch loop. Returns (step(i): one synchronised optimizer step on
     batch i, tokens per step)."""
-    from .trainer import build_model
 
     config = _for_mode(config, mode)
     t = config["training"]
@@ -221,7 +222,6 @@ def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> 
     """Loss and gradient of the fused head against the straightforward full-logits cross-entropy, same batch."""
     import torch.nn.functional as F
 
-    from .trainer import build_model
 
     config = _for_mode(config, mode)
     model = build_model(config, tokenizer).to(device)
@@ -268,7 +268,6 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
     last. Returns (and writes to `output`) a JSON-able dict."""
     import transformers
 
-    from .trainer import build_tokenizer
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     head_variants = tuple(head_variants or (config["model"]["head_implementation"],))
@@ -331,7 +330,6 @@ def _guarded(measure, *args) -> dict:
 
 def compile_variants(text: str) -> tuple:
     """"false,true,reduce-overhead" -> (False, True, "reduce-overhead"); a mode must be one torch.compile knows."""
-    from .experiment import CHOICES
 
     modes = [m for m in CHOICES["training.torch_compile_mode"] if m]
     variants = []
@@ -354,8 +352,6 @@ def _variant(config: dict, head_implementation: str, torch_compile: bool | str |
 
 def benchmark_sampling_for(config, tokenizer, device, batch_size=8, length=256, steps_list=(16, 32, 64, 256),
                            confidence_threshold=0.9, repeats=3):
-    from .benchmark_sampling import benchmark_sampling
-    from .trainer import build_model
 
     models = {mode: build_model(_for_mode(config, mode), tokenizer).to(device).eval()
               for mode in ("diffusion", "autoregressive")}

@@ -1,0 +1,30 @@
+"""Command-line entry points (`tdlm-train`, `tdlm-generate`, ...; scripts/*.py call the same functions).
+
+Each module's `main(argv)` parses its arguments and makes one call into the package, returning what that call
+returned (tests and notebooks use it); its `cli` is `main` behind `entry_point`, which turns a user mistake into
+a one-line `error: ...` on stderr and exit code 1 (2 for bad usage, from argparse). `TDLM_DEBUG=1` shows the
+traceback instead.
+"""
+
+import functools
+import os
+import sys
+
+from ..config import ConfigError
+
+# mistakes a user can make and fix: a bad value, a missing file, a run that diverged
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
+
+
+def entry_point(main):
+    @functools.wraps(main)
+    def cli(argv=None) -> int:
+        try:
+            result = main(argv)
+        except USER_ERRORS as error:
+            if os.environ.get("TDLM_DEBUG") == "1":
+                raise
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
+    return cli

@@ -1,0 +1,60 @@
+"""Print samples from a TDLM checkpoint: diffusion (`diffusion_generate`) or AR (`generate()`), as the
+checkpoint's config.training_mode says. The tokenizer is loaded from the checkpoint folder.
+
+    python scripts/generate.py --model experiments/<id>/checkpoints/checkpoint-300 --prompt "The game" --num-steps 32
+    python scripts/generate.py --model PATH --prompt "" --num-samples 4 --max-new-tokens 64   # unconditional
+"""
+
+import argparse
+import sys
+
+from ..runs import load_checkpoint
+from ..text_generation import generate_text
+from . import entry_point
+
+DIFFUSION_OPTIONS = ("num_steps", "step_schedule", "remasking", "confidence_threshold", "block_length", "cfg_scale")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint folder (config.json, weights, tokenizer)")
+    parser.add_argument("--prompt", action="append", default=None, help="prompt text; repeat for a batch; '' = none")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    parser.add_argument("--num-steps", type=int, default=None, help="diffusion steps (default: generation_config)")
+    parser.add_argument("--step-schedule", choices=("cosine", "linear"), default=None)
+    parser.add_argument("--remasking", choices=("low_confidence", "margin", "entropy", "random"), default=None)
+    parser.add_argument("--confidence-threshold", type=float, default=None)
+    parser.add_argument("--block-length", type=int, default=None)
+    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance (LLaDA); 0 = off")
+    parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--stop-at-eos", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    args = parser.parse_args(argv)
+
+    model, tokenizer = load_checkpoint(args.model, args.device)
+    options = {k: v for k, v in vars(args).items()
+               if k in DIFFUSION_OPTIONS + ("temperature", "top_k", "top_p") and v is not None}
+    if model.config.is_diffusion:
+        if args.stop_at_eos:
+            options["stop_at_eos"] = True
+    else:
+        ignored = sorted(k for k in options if k in DIFFUSION_OPTIONS)
+        if ignored:
+            parser.error(f"{args.model} is an autoregressive checkpoint; {ignored} apply to diffusion models only")
+    prompts = args.prompt if args.prompt is not None else [""]
+    texts = generate_text(model, tokenizer, prompts, args.max_new_tokens, args.num_samples, args.seed, **options)
+    sampler = "diffusion_generate" if model.config.is_diffusion else "generate (KV cache)"
+    for i, text in enumerate(texts):
+        print(f"--- sample {i} ({model.config.training_mode}, {sampler}) ---")
+        print(text)
+
+
+cli = entry_point(main)
+
+if __name__ == "__main__":
+    if status := cli():
+        sys.exit(status)

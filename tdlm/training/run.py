@@ -1,0 +1,135 @@
+"""The experiment runner behind `tdlm-train` / scripts/train.py: train or resume a run, or evaluate a checkpoint."""
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from ..evaluation.multiple_choice import run_downstream
+from ..hub import push_to_hub
+from ..runs import Experiment, default_experiment_id, load_checkpoint, read_json, resume_point
+from .build import build_data, build_model, build_tokenizer, training_arguments
+from .metrics import MetricsJsonlCallback
+from .trainer import CheckpointScheduleCallback, DiffusionTrainer
+
+
+def _best_epoch(state) -> float | None:
+    for record in state.log_history:
+        if record.get("step") == state.best_global_step and "eval_loss" in record:
+            return record.get("epoch")
+    return None
+
+
+def summarize_run(experiment: Experiment, trainer: DiffusionTrainer, train_output, runtime: float,
+                  start_step: int = 0) -> dict:
+    """results/summary.json's contents; tokens/s counts this session's steps (a resumed run started at
+    `start_step`) over wall time including evaluations and saves."""
+    state = trainer.state
+    checkpoints = experiment.checkpoints()
+    tokens_per_step = trainer.tokens_per_step or 0
+    return {
+        "experiment_id": experiment.experiment_id,
+        "training_mode": trainer.model_config.training_mode,
+        "best_checkpoint": state.best_model_checkpoint,
+        "best_eval_loss": state.best_metric,
+        "best_epoch": _best_epoch(state),
+        "final_checkpoint": str(checkpoints[-1]) if checkpoints else None,
+        "train_tokens": state.global_step * tokens_per_step,
+        "epochs": state.epoch,
+        "train_runtime_s": runtime,
+        "tokens_per_second": (state.global_step - start_step) * tokens_per_step / runtime if runtime else None,
+        "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "global_step": state.global_step,
+        "train_loss": train_output.training_loss,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    best = summary["best_eval_loss"]
+    lines = [f"Experiment {summary['experiment_id']} ({summary['training_mode']}) finished",
+             f"  steps {summary['global_step']}, epochs {summary['epochs']:.2f}, "
+             f"time {summary['train_runtime_s']:.1f}s, {summary['tokens_per_second'] or 0:,.0f} tokens/s",
+             f"  parameters {summary['num_parameters']:,}, train tokens {summary['train_tokens']:,}"]
+    if best is not None:
+        lines.append(f"  best eval loss {best:.4f} (perplexity bound {math.exp(min(best, 700)):.2f}) at epoch "
+                     f"{summary['best_epoch'] or 0:.2f}: {summary['best_checkpoint']}")
+    lines.append(f"  final checkpoint: {summary['final_checkpoint']}")
+    return "\n".join(lines)
+
+
+def run_training(config: dict, experiment_id: str | None = None, output_dir: str = "experiments",
+                 resume: str | None = None, callbacks=()) -> dict:
+    """Train (or resume) an experiment described by a validated config; returns results/summary.json's dict."""
+    checkpoint = experiment = None
+    if resume is not None:
+        checkpoint, experiment = resume_point(resume)
+    if experiment is None:
+        experiment = Experiment(Path(output_dir) / (experiment_id or default_experiment_id()))
+    experiment.create()
+    set_seed(config["training"]["seed"])
+    tokenizer = build_tokenizer(config, checkpoint)
+    model = build_model(config, tokenizer)
+    train, evaluation, collator = build_data(config, tokenizer, model)
+    t = config["training"]
+    trainer = DiffusionTrainer(
+        model=model, args=training_arguments(config, experiment), train_dataset=train, eval_dataset=evaluation,
+        data_collator=collator, processing_class=tokenizer,
+        callbacks=[CheckpointScheduleCallback(t["save_every_n_steps"], t["save_every_n_epochs"], t["eval_steps"],
+                                              evaluation is not None),
+                   MetricsJsonlCallback(experiment), *callbacks],
+        detailed_metrics_steps=t["detailed_metrics_steps"], attention_analysis_steps=t["attention_analysis_steps"],
+        cleanup_checkpoints=t["cleanup_checkpoints"])
+    start_step = 0
+    if trainer.is_world_process_zero():
+        experiment.write_config(config)
+        experiment.remove_staging_folders()  # saves killed mid-way
+        if checkpoint is not None:
+            start_step = read_json(checkpoint / "trainer_state.json")["global_step"]
+            experiment.truncate_metrics(start_step)
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    runtime = time.perf_counter() - start
+    summary = None
+    if trainer.is_world_process_zero():
+        summary = summarize_run(experiment, trainer, output, runtime, start_step)
+        experiment.write_summary(summary)
+        print(format_summary(summary), flush=True)
+        if t["push_to_hub"]:  # best checkpoint + model card (tdlm.hub), not Trainer's raw folder
+            push_to_hub(experiment.root, repo_id=t["hub_model_id"])
+    return summary
+
+
+def run_evaluation(config: dict | None, resume: str, output_dir: str = "experiments") -> dict:
+    """`--eval-only`: the eval-set ELBO (and downstream tasks when enabled) of one checkpoint, written to
+    results/eval_<checkpoint>.json and logs/metrics.jsonl."""
+    checkpoint, experiment = resume_point(resume)
+    if config is None:
+        config = experiment.read_config() if experiment is not None else None
+        if config is None:
+            raise ValueError(f"--eval-only on {checkpoint}: pass --config (no experiment config found)")
+    if experiment is None:
+        experiment = Experiment(Path(output_dir) / f"eval_{checkpoint.name}")
+    experiment.create()
+    location = config["training"]["checkpoint_map_location"]
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if location == "auto" else location
+    model, tokenizer = load_checkpoint(checkpoint, device)
+    _, evaluation, collator = build_data(config, tokenizer, model)
+    if evaluation is None:
+        raise ValueError("--eval-only needs evaluation data: set data.eval_files or data.eval_split")
+    args = training_arguments(config, experiment, report_to="none", use_cpu=device == "cpu")
+    trainer = DiffusionTrainer(model=model, args=args, eval_dataset=evaluation, data_collator=collator,
+                               processing_class=tokenizer, callbacks=[MetricsJsonlCallback(experiment)])
+    state_file = checkpoint / "trainer_state.json"
+    if state_file.is_file():
+        saved = read_json(state_file)
+        trainer.state.global_step, trainer.state.epoch = saved["global_step"], saved.get("epoch")
+    results = {"checkpoint": str(checkpoint), **trainer.evaluate()}
+    e = config["enhanced_evaluation"]
+    if e["include_downstream"]:
+        results["downstream"] = run_downstream(model, tokenizer, e["tasks"], limit=e["limit"], mc_num=e["mc_num"])
+    if trainer.is_world_process_zero():
+        path = experiment.write_result(f"eval_{checkpoint.name}", results)
+        print(f"eval loss {results['eval_loss']:.4f}, perplexity bound {results['eval_perplexity']:.2f} -> {path}")
+    return results
