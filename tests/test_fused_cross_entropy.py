@@ -7,27 +7,50 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from tdlm import TDLMConfig, TDLMForMaskedDiffusion
-from tdlm import fused_cross_entropy
+from tdlm import TDLMConfig, TDLMForMaskedDiffusion, fused_cross_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter: TRITON_INTERPRET must be set before the kernels are decorated.
 INTERPRETED_CHECKS = textwrap.dedent("""
     import torch
+    import triton
     from tdlm import TDLMConfig, TDLMForMaskedDiffusion
+    from tdlm import fused_cross_entropy
     from tdlm.fused_cross_entropy import _TritonLinearCrossEntropy, linear_cross_entropy
+
+    # The interpreter has no timer to autotune with: every kernel gets one fixed tile per shape (the hand-picked
+    # [64, 128], or [32, 64] for hidden sizes above 128, as the on-chip pruning would keep), and the d W kernel two
+    # row splits so that the split path runs. The autotuner runs a single surviving candidate without timing it.
+    tiles_run = set()
+
+    def fixed_tile(configs, named_args, **kwargs):
+        wide = kwargs["BLOCK_D"] > 128
+        tile = {"BLOCK_M": 32 if wide else 64, "BLOCK_V": 64 if wide else 128}
+        if "ROW_SPLITS" in configs[0].kwargs:
+            tile["ROW_SPLITS"] = 2
+        tiles_run.add(tuple(tile.values()))
+        return [triton.Config(tile, num_warps=configs[0].num_warps, num_stages=configs[0].num_stages)]
+
+    for kernel in (fused_cross_entropy._forward_kernel, fused_cross_entropy._grad_rows_kernel,
+                   fused_cross_entropy._grad_weight_kernel):
+        assert len(kernel.configs) > 1 and kernel.early_config_prune is fused_cross_entropy._fits_on_chip
+        kernel.early_config_prune = fixed_tile
+    # the interpreter runs the kernels on CPU tensors: let head_implementation="triton" reach them there
+    fused_cross_entropy.triton_head_applies = lambda rows: rows.shape[-1] <= fused_cross_entropy.TRITON_MAX_HIDDEN
 
     def run(implementation, rows, weight, targets, coefficients, mask_id, autocast_dtype=None, grad_scale=3.0):
         rows = rows.detach().clone().requires_grad_()
         weight = weight.detach().clone().requires_grad_()
         with torch.autocast("cpu", dtype=autocast_dtype or torch.float16, enabled=autocast_dtype is not None):
             if implementation == "triton":
-                loss, losses, predictions = _TritonLinearCrossEntropy.apply(rows, weight, targets, coefficients, mask_id)
+                loss, losses, predictions = _TritonLinearCrossEntropy.apply(rows, weight, targets, coefficients,
+                                                                            mask_id)
             else:
                 loss, losses, predictions = linear_cross_entropy(rows, weight, targets, coefficients, mask_id,
                                                                  "chunked", chunk_size=32)
@@ -82,6 +105,9 @@ INTERPRETED_CHECKS = textwrap.dedent("""
     assert float(empty[0]) == 0.0 and empty[1].numel() == 0 and float(empty[4].abs().sum()) == 0.0
 
     # end to end: the same model with head_implementation "triton" and "chunked" gives the same loss and gradients
+    launches = []
+    original_apply = _TritonLinearCrossEntropy.apply
+    _TritonLinearCrossEntropy.apply = lambda *args: launches.append(1) or original_apply(*args)
     results = {}
     for implementation in ("chunked", "triton"):
         torch.manual_seed(0)
@@ -98,6 +124,8 @@ INTERPRETED_CHECKS = textwrap.dedent("""
             scored = model(ids.masked_fill(masked, 96), labels=ids.masked_fill(~masked, -100))
         results[implementation] = (output.loss.detach(), output.token_predictions, scored.token_losses,
                                    {n: p.grad for n, p in model.named_parameters()})
+    assert len(launches) == 2  # the "triton" model's training and evaluation calls ran the kernels
+    assert tiles_run == {(64, 128), (32, 64), (64, 128, 2), (32, 64, 2)}, tiles_run
     (loss_c, pred_c, eval_c, grads_c), (loss_t, pred_t, eval_t, grads_t) = results["chunked"], results["triton"]
     torch.testing.assert_close(loss_t, loss_c, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(eval_t, eval_c, atol=1e-5, rtol=1e-5)
@@ -126,8 +154,7 @@ def test_head_implementation_is_validated():
 
 
 def test_triton_head_falls_back_to_chunked_off_cuda(monkeypatch):
-    """On CPU tensors (without the interpreter) "triton" runs the chunked path: same numbers, no kernel call."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    """On CPU tensors "triton" runs the chunked path: same numbers, no kernel call."""
     calls = []
     monkeypatch.setattr(fused_cross_entropy._TritonLinearCrossEntropy, "apply",
                         lambda *args: calls.append(args) or None)
@@ -139,7 +166,8 @@ def test_triton_head_falls_back_to_chunked_off_cuda(monkeypatch):
                                                   pad_token_id=0, bos_token_id=0, eos_token_id=0,
                                                   head_implementation=implementation))
         ids = torch.randint(1, 49, (2, 8), generator=torch.Generator().manual_seed(1))
-        losses[implementation] = model(ids.masked_fill(ids % 2 == 0, 49), labels=ids.masked_fill(ids % 2 == 1, -100)).loss
+        losses[implementation] = model(ids.masked_fill(ids % 2 == 0, 49),
+                                       labels=ids.masked_fill(ids % 2 == 1, -100)).loss
     assert not calls
     assert torch.equal(losses["triton"], losses["chunked"])
     assert fused_cross_entropy.triton_head_applies(torch.zeros(2, 16)) is False
@@ -147,11 +175,14 @@ def test_triton_head_falls_back_to_chunked_off_cuda(monkeypatch):
 
 def test_triton_head_without_triton_warns_and_runs_chunked(monkeypatch):
     """"triton" is the default head: where the kernels would run but Triton is missing, the chunked head trains."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # makes CPU rows eligible for the kernels
     monkeypatch.setattr(fused_cross_entropy, "triton", None)
+
+    def cuda_rows(hidden):  # what triton_head_applies reads of a CUDA tensor, without a GPU
+        return SimpleNamespace(shape=(2, hidden), is_cuda=True)
+
     with pytest.warns(UserWarning, match="needs the `triton` package"):
-        assert fused_cross_entropy.triton_head_applies(torch.zeros(2, 16)) is False
-    assert fused_cross_entropy.triton_head_applies(torch.zeros(2, 512)) is False  # above TRITON_MAX_HIDDEN: no warning
+        assert fused_cross_entropy.triton_head_applies(cuda_rows(16)) is False
+    assert fused_cross_entropy.triton_head_applies(cuda_rows(512)) is False  # above TRITON_MAX_HIDDEN: no warning
 
 
 def test_autotune_candidates_fit_on_chip_for_wide_hidden_sizes():
@@ -198,7 +229,8 @@ def test_compiled_triton_kernels_match_the_chunked_head_on_cuda():
     # round the logits gradient to bf16 for the two matmuls. Bound: a few eps, relative.
     bf16_eps = 2.0 ** -8
     (losses_t, pred_t, rows_t, weight_t), (losses_c, pred_c, rows_c, weight_c) = (
-        run(implementation, rows, weight, targets, coefficients, torch.bfloat16) for implementation in ("triton", "chunked"))
+        run(implementation, rows, weight, targets, coefficients, torch.bfloat16)
+        for implementation in ("triton", "chunked"))
     assert relative(losses_t, losses_c) < 4 * bf16_eps
     assert relative(rows_t, rows_c) < 4 * bf16_eps and relative(weight_t, weight_c) < 4 * bf16_eps
     assert float((pred_t == pred_c).float().mean()) > 0.95
