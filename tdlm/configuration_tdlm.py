@@ -150,7 +150,8 @@ class TDLMConfig(PretrainedConfig):
         if self.training_mode not in TRAINING_MODES:
             fail("training_mode", f"unknown mode {self.training_mode!r}; expected one of {TRAINING_MODES}")
         if self.noise_schedule not in NOISE_SCHEDULES:
-            fail("noise_schedule", f"unknown schedule {self.noise_schedule!r}; expected one of {tuple(NOISE_SCHEDULES)}")
+            fail("noise_schedule",
+                 f"unknown schedule {self.noise_schedule!r}; expected one of {tuple(NOISE_SCHEDULES)}")
         for field in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, field, None)
             if value is not None and not 0 <= value < self.vocab_size:

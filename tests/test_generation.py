@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 import torch
-
 from publish_helpers import NO_TDLM_PRELUDE
+
 from tdlm import DiffusionGenerationConfig, TDLMConfig, TDLMForMaskedDiffusion
 from tdlm.generation_tdlm import propose_tokens
 from tdlm.schedules import get_noise_schedule, unmask_counts
@@ -122,7 +122,8 @@ def test_remasking_rules_commit_in_the_order_of_their_own_confidence(monkeypatch
     length = 12
     gen = torch.Generator().manual_seed(3)
     # columns with different sharpness so that p(top-1), margin and entropy rank them differently
-    table = torch.randn(length, VOCAB, generator=gen) * torch.linspace(0.5, 4.0, length)[torch.randperm(length, generator=gen)][:, None]
+    table = torch.randn(length, VOCAB, generator=gen)
+    table = table * torch.linspace(0.5, 4.0, length)[torch.randperm(length, generator=gen)][:, None]
     table[:, MASK] = float("-inf")
     probs = table.softmax(-1)
     top2 = probs.topk(2, -1).values
@@ -182,7 +183,7 @@ def test_blocks_are_committed_left_to_right():
                                    return_dict_in_generate=True)
     steps = out.commit_step[0, 3:]
     blocks = [steps[i:i + 6] for i in range(0, 20, 6)]
-    for earlier, later in zip(blocks, blocks[1:]):
+    for earlier, later in zip(blocks, blocks[1:], strict=False):
         assert earlier.max() < later.min()
     assert not (out.sequences == MASK).any()
     assert out.committed_per_step.shape[1] <= 10
@@ -387,7 +388,7 @@ def test_saved_checkpoint_samples_through_trust_remote_code_alone(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("SEQ")][0]
+    line = [text for text in result.stdout.splitlines() if text.startswith("SEQ")][0]
     assert line.split("CALLS")[0].strip() == f"SEQ {expected.tolist()}"
     assert int(line.split("CALLS")[1]) <= 5
 

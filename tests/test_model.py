@@ -104,7 +104,7 @@ def test_eager_attention_equals_sdpa_and_maps_are_distributions(mode):
         model.config._attn_implementation = impl
         with torch.no_grad():
             results[impl] = [model(ids).logits, model(ids, attention_mask=attention_mask).logits]
-    for sdpa, eager in zip(results["sdpa"], results["eager"]):
+    for sdpa, eager in zip(results["sdpa"], results["eager"], strict=True):
         finite = torch.isfinite(sdpa)
         torch.testing.assert_close(eager[finite], sdpa[finite], atol=1e-5, rtol=1e-5)
 
@@ -174,7 +174,7 @@ def test_return_dict_false_gives_the_output_fields_as_a_tuple(mode):
         model.config.return_dict = False  # the config's default applies when return_dict is not given
         by_config = model(inputs)
     assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
-    for a, b in zip(as_tuple, as_dict.to_tuple()):
+    for a, b in zip(as_tuple, as_dict.to_tuple(), strict=True):
         assert torch.equal(a, b)
     assert len(logits_only) == 1 and torch.equal(logits_only[0], logits)
     assert isinstance(backbone, tuple) and torch.equal(backbone[0], hidden)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from publish_helpers import NO_TDLM_PRELUDE
+
 from tdlm import TDLMConfig, TDLMForCausalLM, TDLMForMaskedDiffusion
 from tdlm.tokenization import config_kwargs_for_tokenizer, load_tokenizer
 
