@@ -16,6 +16,7 @@
   numbers are seeded by (seed, context), so all choices of one question share the same masks (paired).
 """
 
+import logging
 import math
 import zlib
 
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..schedules import diffusion_targets, get_noise_schedule, sample_times
+
+logger = logging.getLogger(__name__)
 
 
 def _progress(iterable, desc, total=None, disable=False):
@@ -183,11 +186,8 @@ def _fit_continuations(encoded, max_length: int):
             clipped += 1
         fitted.append((context, continuation))
     if clipped:
-        import logging
-
-        logging.getLogger(__name__).warning("%d continuation(s) longer than max_position_embeddings - 1 = %d tokens: "
-                                            "only their last %d tokens are scored", clipped, max_length - 1,
-                                            max_length - 1)
+        logger.warning("%d continuation(s) longer than max_position_embeddings - 1 = %d tokens: only their last %d "
+                       "tokens are scored", clipped, max_length - 1, max_length - 1)
     return fitted
 
 

@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DATA_DIR_ENV = "TDLM_DATA_DIR"  # overrides the default (e.g. on a machine where shared/ sits inside the repo)
 
@@ -198,8 +200,6 @@ def write_lm_eval_tasks(output_dir, tasks=TASK_NAMES, data_dir=None) -> list[str
     except for MMLU few-shot, which lm-eval assembles itself from the dev split (first_n sampler).
     Returns the task (or group) names to pass to lm-eval.
     """
-    import yaml
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     data_dir = resolve_data_dir(data_dir)

@@ -14,6 +14,9 @@ import traceback
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+import transformers
+from torch.autograd import DeviceType
 from transformers import TrainerCallback
 
 from ..config import CHOICES
@@ -184,15 +187,12 @@ def profile_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, 
     """Where a bare-loop step's time goes (torch.profiler), per step: wall time, time the device is busy, aten ops
     dispatched by the host, kernels launched, and the `top` ops by their own device time (on CUDA also the `top`
     kernels). On CUDA busy << wall means the step is bound by the host (op dispatch, launches, syncs), not the GPU."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
     step, _ = _bare_loop(config, tokenizer, mode, device, steps + warmup)
     for index in range(warmup):
         step(index)
     on_gpu = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with profile(activities=activities) as profiler:
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+    with torch.profiler.profile(activities=activities) as profiler:
         _sync(device)
         start = time.perf_counter()
         for index in range(warmup, warmup + steps):
@@ -209,7 +209,8 @@ def profile_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, 
     def ranked(events):
         events = sorted((e for e in events if getattr(e, self_time) > 0), key=lambda e: getattr(e, self_time),
                         reverse=True)
-        return [{"name": e.key[:90], "calls_per_step": e.count / steps, "ms_per_step": getattr(e, self_time) / steps / 1000,
+        return [{"name": e.key[:90], "calls_per_step": e.count / steps,
+                 "ms_per_step": getattr(e, self_time) / steps / 1000,
                  "share_of_busy": getattr(e, self_time) / steps / busy_us} for e in events[:top]]
     return {"step_wall_ms": 1000 * wall, "device_busy_ms": busy_us / 1000, "profiled_steps": steps,
             "host_ops_per_step": sum(e.count for e in host_ops if e.key.startswith("aten::")) / steps,
@@ -220,8 +221,6 @@ def profile_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, 
 
 def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> dict:
     """Loss and gradient of the fused head against the straightforward full-logits cross-entropy, same batch."""
-    import torch.nn.functional as F
-
 
     config = _for_mode(config, mode)
     model = build_model(config, tokenizer).to(device)
@@ -255,7 +254,8 @@ def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> 
         loss.backward()
         results[name] = (loss.item(), model.lm_head.weight.grad.detach().float().clone())
     (fused, grad_f), (reference, grad_r) = results["fused"], results["reference"]
-    return {"fused_loss": fused, "reference_loss": reference, "relative_loss_difference": abs(fused - reference) / abs(reference),
+    return {"fused_loss": fused, "reference_loss": reference,
+            "relative_loss_difference": abs(fused - reference) / abs(reference),
             "relative_grad_difference": ((grad_f - grad_r).norm() / grad_r.norm()).item()}
 
 
@@ -266,8 +266,6 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
     compile variant; the eager bare loop per head, which the eager Trainer rows are compared with), the fused-loss
     check per head, optionally a profile of the eager bare loop per head, and sampling speed. Compiled variants run
     last. Returns (and writes to `output`) a JSON-able dict."""
-    import transformers
-
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     head_variants = tuple(head_variants or (config["model"]["head_implementation"],))
@@ -366,7 +364,8 @@ def benchmark_sampling_for(config, tokenizer, device, batch_size=8, length=256, 
 def format_report(report: dict) -> str:
     lines = [f"Machine: {report['machine']}  torch {report['torch']}  transformers {report['transformers']}  "
              f"precision {report['precision']}  batch {report['batch_size']} x seq {report['sequence_length']}",
-             "", "| mode | path | head | compile | tokens/s | median step (ms) | peak mem (GB) | MFU | overhead vs bare |",
+             "",
+             "| mode | path | head | compile | tokens/s | median step (ms) | peak mem (GB) | MFU | overhead vs bare |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in report["training"]:
         if "error" in row:
@@ -385,7 +384,8 @@ def format_report(report: dict) -> str:
         if "error" in row:
             lines.append(f"| {row['mode']} | {row['head_implementation']} | failed: {row['error']} | | | |")
             continue
-        lines.append(f"| {row['mode']} | {row['head_implementation']} | {row['fused_loss']:.5f} | {row['reference_loss']:.5f} | "
+        lines.append(f"| {row['mode']} | {row['head_implementation']} | {row['fused_loss']:.5f} | "
+                     f"{row['reference_loss']:.5f} | "
                      f"{row['relative_loss_difference']:.2e} | {row['relative_grad_difference']:.2e} |")
     for row in report["profile"]:
         lines += ["", f"Profile, bare loop, {row['mode']}, head {row['head_implementation']}: "
@@ -402,5 +402,6 @@ def format_report(report: dict) -> str:
         keys = list(report["sampling"][0].keys())
         lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         for row in report["sampling"]:
-            lines.append("| " + " | ".join(f"{v:,.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+            cells = (f"{v:,.3g}" if isinstance(v, float) else str(v) for v in row.values())
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
