@@ -16,9 +16,18 @@ import math
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from .. import runs
 from ..data import load_blocks
+from ..runs import (
+    Experiment,
+    experiment_of,
+    find_experiment,
+    is_model_folder,
+    load_checkpoint,
+    read_json,
+)
+from ..runs import list_experiments as experiments_under
 from ..schedules import STEP_SCHEDULES
 
 DEFAULT_EVAL_FILE = "../shared/data/wikitext-2-raw/wiki.test.raw"
@@ -58,12 +67,9 @@ def validate_schedules(model, blocks, steps=(8, 16, 32, 64), schedules=STEP_SCHE
     device = model.device
     mask_id = model.config.mask_token_id
     blocks = blocks.to(device)
-    runs = [(schedule, k) for k in steps for schedule in schedules]
-    if show_progress:
-        from tqdm.auto import tqdm
-        runs = tqdm(runs, desc="schedule validation")
+    settings = [(schedule, k) for k in steps for schedule in schedules]
     rows = []
-    for schedule, num_steps in runs:
+    for schedule, num_steps in tqdm(settings, desc="schedule validation", disable=not show_progress):
         correct = nll = masked = calls = 0.0
         for start in range(0, blocks.shape[0], batch_size):
             targets = blocks[start:start + batch_size]
@@ -133,17 +139,17 @@ def write_report(rows: list[dict], output_dir, meta: dict) -> dict:
 def list_experiments(experiments_dir="experiments") -> list[dict]:
     """Experiments under `experiments_dir` that have a checkpoint: id, best checkpoint, training_mode."""
     found = []
-    for run in runs.list_experiments(experiments_dir):
+    for run in experiments_under(experiments_dir):
         try:
             checkpoint = run.best_checkpoint()
         except FileNotFoundError:
             continue
-        mode = runs.read_json(checkpoint / "config.json").get("training_mode", "diffusion")
+        mode = read_json(checkpoint / "config.json").get("training_mode", "diffusion")
         found.append({"experiment_id": run.experiment_id, "checkpoint": str(checkpoint), "training_mode": mode})
     return found
 
 
-def resolve_target(test, experiments_dir="experiments") -> tuple[Path, runs.Experiment | None]:
+def resolve_target(test, experiments_dir="experiments") -> tuple[Path, Experiment | None]:
     """(checkpoint folder, experiment or None) for a checkpoint folder, an experiment folder or id, or an
     experiment's configs/config.yaml."""
     path = Path(test)
@@ -152,9 +158,9 @@ def resolve_target(test, experiments_dir="experiments") -> tuple[Path, runs.Expe
             raise ValueError(f"{test} is a config without weights; pass an experiment (or its "
                              "configs/config.yaml) or a checkpoint folder. `--list` shows what can be validated.")
         path = path.parent.parent
-    if runs.is_model_folder(path):
-        return path, runs.experiment_of(path)
-    experiment = runs.find_experiment(test, experiments_dir)
+    if is_model_folder(path):
+        return path, experiment_of(path)
+    experiment = find_experiment(test, experiments_dir)
     return experiment.best_checkpoint(), experiment
 
 
@@ -177,7 +183,7 @@ def run_validation(test, steps=(8, 16, 32, 64), num_samples=64, output_dir=None,
                    length=None, eval_file=None, batch_size=16, device=None, experiments_dir="experiments") -> dict:
     """Load the checkpoint behind `test`, validate both step schedules, write the report; returns its paths."""
     checkpoint, experiment = resolve_target(test, experiments_dir)
-    model, tokenizer = runs.load_checkpoint(checkpoint, device)
+    model, tokenizer = load_checkpoint(checkpoint, device)
     if not model.config.is_diffusion:
         raise ValueError(f"{checkpoint} is an autoregressive checkpoint; step schedules apply to diffusion models")
     length = length or model.config.max_position_embeddings
