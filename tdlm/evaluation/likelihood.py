@@ -143,6 +143,17 @@ def _ordered_nll_one(model, block: torch.LongTensor, order: torch.LongTensor) ->
     return out.token_losses.double().sum().cpu()
 
 
+def held_out_loss(model, blocks: torch.LongTensor, num_samples: int = 32, seed: int = 0, batch_size: int = 16,
+                  show_progress: bool = False) -> dict:
+    """The model's held-out loss per token on `blocks`, whatever its objective: `ar_nll`'s or `diffusion_nelbo`'s
+    result plus "loss" (nats/token) and "standard_error" (0 for the exact AR NLL)."""
+    if model.config.is_diffusion:
+        result = diffusion_nelbo(model, blocks, num_samples, seed, batch_size=batch_size, show_progress=show_progress)
+        return {**result, "loss": result["nelbo"]}
+    result = ar_nll(model, blocks, batch_size, show_progress)
+    return {**result, "loss": result["nll"], "standard_error": 0.0}
+
+
 # ---------------------------------------------------------------------------------------------
 # Conditional log-likelihood log p(continuation | context)
 # ---------------------------------------------------------------------------------------------

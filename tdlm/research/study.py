@@ -19,7 +19,7 @@ import torch
 from transformers import TrainerCallback, set_seed
 
 from ..data import BlockDataset, DataCollatorForTDLM, build_datasets
-from ..evaluation.likelihood import ar_nll, diffusion_nelbo
+from ..evaluation.likelihood import held_out_loss
 from ..runs import Experiment
 from ..training import DiffusionTrainer, build_model, build_tokenizer, training_arguments
 
@@ -76,15 +76,10 @@ class HeldOutLikelihood(TrainerCallback):
         model = self.model
         was_training = model.training
         model.eval()
-        if model.config.is_diffusion:
-            result = diffusion_nelbo(model, self.blocks, num_samples=self.num_samples, seed=self.seed,
-                                     batch_size=self.batch_size)
-            point = {"eval_loss": result["nelbo"], "standard_error": result["standard_error"], "kind": "nelbo"}
-        else:
-            result = ar_nll(model, self.blocks, batch_size=self.batch_size)
-            point = {"eval_loss": result["nll"], "standard_error": 0.0, "kind": "nll"}
+        result = held_out_loss(model, self.blocks, self.num_samples, self.seed, self.batch_size)
         model.train(was_training)
-        return point
+        return {"eval_loss": result["loss"], "standard_error": result["standard_error"],
+                "kind": result["kind"]}
 
 
 def train_arm(config: dict, tokenizer, train_blocks, eval_blocks, eval_every: int, num_samples: int,
@@ -144,10 +139,12 @@ def format_markdown(summary: list[dict], settings: dict) -> str:
     lines = ["# Data-constrained study", "",
              "Eval loss: AR = exact NLL per token; diffusion = NELBO per token (an upper bound on its NLL).", "",
              "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
-             "| unique tokens | mode | best eval loss | best epoch | final eval loss | loss at 10x AR best epoch | crossover epoch |",
+             "| unique tokens | mode | best eval loss | best epoch | final eval loss | loss at 10x AR best epoch "
+             "| crossover epoch |",
              "|---|---|---|---|---|---|---|"]
     for row in summary:
-        lines.append(f"| {row['unique_tokens']:,} | {row['mode']} | {fmt(row['best_eval_loss'])} | {row['best_epoch']} | "
+        lines.append(f"| {row['unique_tokens']:,} | {row['mode']} | {fmt(row['best_eval_loss'])} | "
+                     f"{row['best_epoch']} | "
                      f"{fmt(row['final_eval_loss'])} | {fmt(row['loss_at_10x_ar_best_epoch'])} | "
                      f"{fmt(row['crossover_epoch'])} |")
     return "\n".join(lines) + "\n"
