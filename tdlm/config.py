@@ -15,6 +15,7 @@ defaults below. The resolved config is saved in each experiment folder (see runs
 import copy
 import dataclasses
 import inspect
+import math
 import re
 import typing
 from pathlib import Path
@@ -22,9 +23,8 @@ from pathlib import Path
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
-from .configuration_tdlm import HEAD_IMPLEMENTATIONS, TRAINING_MODES, TDLMConfig
-from .generation_tdlm import REMASKING_RULES, DiffusionGenerationConfig
-from .schedules import NOISE_SCHEDULES, STEP_SCHEDULES
+from .configuration_tdlm import TDLMConfig
+from .generation_tdlm import DiffusionGenerationConfig
 
 
 def _types_of(default, annotation=None) -> tuple:
@@ -133,21 +133,28 @@ SCHEMA = {
     },
 }
 WANDB_KEYS = {"enabled": bool, "project": str, "tags": list}
-CHOICES = {  # the model package defines the names; the YAML schema checks them before anything is built
-    "model.training_mode": TRAINING_MODES,
-    "model.head_implementation": HEAD_IMPLEMENTATIONS,
-    "diffusion.noise_schedule": tuple(NOISE_SCHEDULES),
-    "sampling.step_schedule": STEP_SCHEDULES,
-    "sampling.remasking": REMASKING_RULES,
+# model, diffusion and sampling values are checked by TDLMConfig / DiffusionGenerationConfig themselves
+CHOICES = {
     "training.mixed_precision": ("no", "fp16", "bf16"),
     "training.torch_compile_mode": (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     # every transformers schedule that needs no metric (reduce_lr_on_plateau) and no extra model (greedy)
     "training.lr_scheduler_type": tuple(s.value for s in SchedulerType if s.value not in ("reduce_lr_on_plateau",
                                                                                           "greedy")),
 }
-POSITIVE = ("model.hidden_size", "model.num_hidden_layers", "model.num_attention_heads", "model.intermediate_size",
-            "sampling.num_steps", "training.batch_size", "training.gradient_accumulation_steps",
-            "training.logging_steps", "data.block_size", "peft.r")
+POSITIVE = ("training.batch_size", "training.gradient_accumulation_steps", "training.logging_steps", "data.block_size",
+            "peft.r", "enhanced_evaluation.mc_num")
+RANGES = {  # key -> (allowed, the range as the error message states it)
+    "training.learning_rate": (lambda v: v > 0, "> 0"),
+    "training.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "training.adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "training.adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "training.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
+    "training.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "training.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    "training.dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
+    "peft.alpha": (lambda v: v > 0, "> 0"),
+    "peft.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
 
 
 class ConfigError(ValueError):
@@ -190,7 +197,10 @@ def set_override(config: dict, assignment: str) -> None:
         raise ConfigError(f"override {assignment!r} must look like section.key=value")
     dotted, raw = assignment.split("=", 1)
     parts = dotted.strip().split(".")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"{dotted}: {raw!r} is not a valid YAML value") from None
     if len(parts) == 3 and parts[:2] == ["monitoring", "wandb"]:
         update = {"monitoring": {"wandb": {parts[2]: value}}}
     elif len(parts) == 2:
@@ -201,6 +211,13 @@ def set_override(config: dict, assignment: str) -> None:
 
 
 def _check_type(name: str, value, types) -> object:
+    value = _normalise_type(name, value, types)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}: must be a finite number, got {value}")
+    return value
+
+
+def _normalise_type(name: str, value, types) -> object:
     if value is None:
         if None in types:
             return None
@@ -215,6 +232,33 @@ def _check_type(name: str, value, types) -> object:
     if not isinstance(value, allowed):
         raise ConfigError(f"{name}: expected {'/'.join(t.__name__ for t in allowed)}, got {value!r}")
     return value
+
+
+def _reraise_for_section(error: ValueError, owner: str, section_of) -> ConfigError:
+    """`<owner>.<field>: message` from the model package's own checks -> `<section>.<field>: message`."""
+    match = re.match(rf"{owner}\.(\w+): (.*)", str(error), re.S)
+    if match is None:
+        return ConfigError(str(error))
+    return ConfigError(f"{section_of(match.group(1))}.{match.group(1)}: {match.group(2)}")
+
+
+def _check_model_and_sampling(config: dict) -> None:
+    """The model, diffusion and sampling sections through TDLMConfig._validate and DiffusionGenerationConfig.validate:
+    one set of rules for YAML and Python."""
+    model_keys = inspect.signature(TDLMConfig.__init__).parameters
+    values = {k: v for k, v in config["model"].items() if k in model_keys and v is not None}
+    values.setdefault("max_position_embeddings", config["data"]["block_size"])
+    # the tokenizer sets the special ids later; 0 is valid for any vocabulary
+    ids = dict(mask_token_id=0, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    try:
+        TDLMConfig(**values, **config["diffusion"], **ids)
+    except ValueError as error:
+        raise _reraise_for_section(error, "TDLMConfig", lambda field: "diffusion" if field in SCHEMA["diffusion"]
+                                   else "model") from None
+    try:
+        DiffusionGenerationConfig(**{k: v for k, v in config["sampling"].items() if v is not None}).validate()
+    except ValueError as error:
+        raise _reraise_for_section(error, "DiffusionGenerationConfig", lambda field: "sampling") from None
 
 
 def validate_config(config: dict) -> dict:
@@ -245,33 +289,20 @@ def validate_config(config: dict) -> dict:
     for dotted in ("training.max_steps", "training.eval_steps", "training.save_every_n_steps",
                    "training.save_every_n_epochs", "training.detailed_metrics_steps",
                    "training.attention_analysis_steps", "training.eval_batch_size",
-                   "enhanced_evaluation.max_eval_batches", "model.max_position_embeddings", "model.vocab_size"):
+                   "enhanced_evaluation.max_eval_batches", "enhanced_evaluation.limit"):
         if get(dotted) is not None and get(dotted) < 1:
             fail(dotted, f"must be >= 1 or null, got {get(dotted)}")
-    if get("training.learning_rate") <= 0:
-        fail("training.learning_rate", f"must be > 0, got {get('training.learning_rate')}")
+    for dotted, (allowed, description) in RANGES.items():
+        if not allowed(get(dotted)):
+            fail(dotted, f"must be {description}, got {get(dotted)}")
+    _check_model_and_sampling(config)
     if get("training.push_to_hub") and not get("training.hub_model_id"):
         fail("training.hub_model_id", "training.push_to_hub is true but no repo id (user/name) is set")
-    if get("training.weight_decay") < 0:
-        fail("training.weight_decay", "must be >= 0")
     if get("training.epochs") <= 0 and get("training.max_steps") is None:
         fail("training.epochs", "must be > 0 (or set training.max_steps)")
-    if get("training.warmup_steps") < 0:
-        fail("training.warmup_steps", "must be >= 0")
     if isinstance(get("training.warmup_steps"), float) and get("training.warmup_steps") >= 1:
         fail("training.warmup_steps", "a float is a fraction of training and must be < 1; use an int for steps")
-    d = config["diffusion"]
-    if not 0.0 <= d["min_mask_ratio"] < d["max_mask_ratio"] <= 1.0:
-        fail("diffusion.min_mask_ratio", f"need 0 <= min_mask_ratio < max_mask_ratio <= 1, got "
-                                         f"{d['min_mask_ratio']} and {d['max_mask_ratio']}")
-    if not 0.0 < d["time_epsilon"] < 1.0:
-        fail("diffusion.time_epsilon", f"must lie in (0, 1), got {d['time_epsilon']}")
     m = config["model"]
-    if m["hidden_size"] % m["num_attention_heads"] or (m["hidden_size"] // m["num_attention_heads"]) % 2:
-        fail("model.num_attention_heads", f"must divide hidden_size {m['hidden_size']} into even head dims")
-    for key in ("attention_dropout", "hidden_dropout"):
-        if not 0.0 <= m[key] < 1.0:
-            fail(f"model.{key}", f"must lie in [0, 1), got {m[key]}")
     if m["tokenizer"] is None and m["train_bpe"] is None and m["init_from"] is None and not config["peft"]["enabled"]:
         fail("model.tokenizer", "set a tokenizer folder/name, or a model.train_bpe block")
     if m["tokenizer"] is not None and m["train_bpe"] is not None:
@@ -290,15 +321,19 @@ def validate_config(config: dict) -> dict:
     data = config["data"]
     if (data["train_files"] is None) == (data["hub_dataset"] is None):
         fail("data.train_files", "set exactly one of data.train_files or data.hub_dataset")
-    if get("sampling.top_p") is not None and not 0.0 < get("sampling.top_p") <= 1.0:
-        fail("sampling.top_p", "must lie in (0, 1]")
-    if get("sampling.temperature") < 0:
-        fail("sampling.temperature", "must be >= 0")
-    if get("sampling.cfg_scale") < 0:
-        fail("sampling.cfg_scale", "must be >= 0")
     if config["peft"]["enabled"] and config["peft"]["base_model"] is None and m["init_from"] is None:
         fail("peft.base_model", "LoRA needs a pretrained base model folder")
+    for dotted in ("model.tokenizer", "model.init_from", "peft.base_model"):
+        if _is_missing_local_path(get(dotted)):
+            fail(dotted, f"no such folder: {get(dotted)}")
     return config
+
+
+def _is_missing_local_path(name: str | None) -> bool:
+    """A name that can only be a local path (not a Hub id `name` or `org/name`) and does not exist."""
+    if name is None or Path(name).expanduser().exists():
+        return False
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
@@ -310,7 +345,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: not a valid YAML file ({' '.join(str(error).split())})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         _merge(config, loaded)

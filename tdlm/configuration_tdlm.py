@@ -168,3 +168,7 @@ class TDLMConfig(PretrainedConfig):
         for field in ("attention_dropout", "hidden_dropout"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 fail(field, f"must lie in [0, 1), got {getattr(self, field)}")
+        for field in ("rope_theta", "rms_norm_eps", "initializer_range"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < float("inf"):
+                fail(field, f"must be a finite number > 0, got {value!r}")

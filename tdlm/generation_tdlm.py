@@ -15,6 +15,7 @@ are such hooks; callers can add their own.
 Shipped as remote code next to the weights: imports only torch, transformers and relative siblings.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -69,24 +70,33 @@ class DiffusionGenerationConfig(GenerationConfig):
 
     def validate(self, strict: bool = False, **kwargs):
         # GenerationConfig's own checks assume autoregressive sampling (do_sample flags, beams); ours differ.
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise ValueError(f"num_steps must be an integer >= 1, got {self.num_steps!r}")
+        # Non-finite numbers are refused: temperature=inf never finishes, nan silently proposes token 0.
+        def fail(field, message):
+            raise ValueError(f"DiffusionGenerationConfig.{field}: {message}, got {getattr(self, field)!r}")
+
+        def is_int(value):
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def is_number(value):
+            return is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+        for field in ("num_steps", "top_k", "block_length", "max_new_tokens"):
+            value = getattr(self, field)
+            if (value is not None or field == "num_steps") and not (is_int(value) and value >= 1):
+                fail(field, "must be an integer >= 1")
         if self.step_schedule not in STEP_SCHEDULES:
-            raise ValueError(f"step_schedule must be one of {STEP_SCHEDULES}, got {self.step_schedule!r}")
+            fail("step_schedule", f"must be one of {STEP_SCHEDULES}")
         if self.remasking not in REMASKING_RULES:
-            raise ValueError(f"remasking must be one of {REMASKING_RULES}, got {self.remasking!r}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.temperature is not None and self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.block_length is not None and self.block_length < 1:
-            raise ValueError(f"block_length must be >= 1, got {self.block_length}")
-        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be a number >= 0, got {self.cfg_scale!r}")
-        if self.confidence_threshold is not None and not 0.0 <= self.confidence_threshold <= 1.0:
-            raise ValueError(f"confidence_threshold must lie in [0, 1], got {self.confidence_threshold}")
+            fail("remasking", f"must be one of {REMASKING_RULES}")
+        if self.top_p is not None and not (is_number(self.top_p) and 0.0 < self.top_p <= 1.0):
+            fail("top_p", "must lie in (0, 1]")
+        if self.confidence_threshold is not None and not (is_number(self.confidence_threshold)
+                                                          and 0.0 <= self.confidence_threshold <= 1.0):
+            fail("confidence_threshold", "must lie in [0, 1]")
+        for field in ("temperature", "cfg_scale"):
+            value = getattr(self, field)
+            if (value is not None or field == "cfg_scale") and not (is_number(value) and value >= 0):
+                fail(field, "must be a finite number >= 0")
 
 
 @dataclass
@@ -110,6 +120,16 @@ class DiffusionGenerationOutput(ModelOutput):
     num_model_calls: int | None = None
     row_model_calls: torch.LongTensor | None = None
     history: tuple[torch.LongTensor, ...] | None = None
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """Refuse ids outside [0, vocab_size) up front (the embedding would raise a bare IndexError, or on CUDA a
+    device-side assert)."""
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got ids from {int(input_ids.min())} "
+                         f"to {int(input_ids.max())}")
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -321,6 +341,7 @@ class DiffusionGenerationMixin:
         input_ids = torch.as_tensor(input_ids, device=device).clone()  # the sampler writes into it
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape [batch, seq_len], got {tuple(input_ids.shape)}")
+        check_token_ids(input_ids, self.config.vocab_size)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = torch.as_tensor(attention_mask, device=device)

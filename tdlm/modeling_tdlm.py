@@ -21,7 +21,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_tdlm import TDLMConfig
 from .fused_cross_entropy import HEAD_CHUNK_SIZE, linear_cross_entropy
-from .generation_tdlm import DiffusionGenerationConfig, DiffusionGenerationMixin
+from .generation_tdlm import DiffusionGenerationConfig, DiffusionGenerationMixin, check_token_ids
 
 try:  # transformers >= 5: initialisers that respect already-loaded weights
     from transformers import initialization as init
@@ -416,6 +416,11 @@ class TDLMForMaskedDiffusion(_TDLMHeadModel, DiffusionGenerationMixin):
                             hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         return _as_requested(output, return_dict, self.config)
 
+    def generate(self, *args, **kwargs):
+        # without this, PreTrainedModel's attribute lookup fails with a bare AttributeError
+        raise TypeError(f"{type(self).__name__} is a masked-diffusion model: sample with "
+                        f"model.diffusion_generate(...), not generate()")
+
 
 @dataclass
 class TDLMCausalLMOutput(CausalLMOutputWithPast):
@@ -467,6 +472,26 @@ class TDLMForCausalLM(_TDLMHeadModel, GenerationMixin):
                                     hidden_states=outputs.hidden_states, attentions=outputs.attentions,
                                     **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)})
         return _as_requested(output, return_dict, self.config)
+
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """The stock `generate()`, refusing up front what the model cannot do: ids outside the vocabulary, or a
+        prompt plus new tokens longer than `max_position_embeddings` (RoPE would extrapolate silently)."""
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        config = generation_config if generation_config is not None else self.generation_config
+        prompt_length = 0
+        if input_ids is not None:
+            check_token_ids(torch.as_tensor(input_ids), self.config.vocab_size)
+            prompt_length = torch.as_tensor(input_ids).shape[-1]
+        new_tokens = kwargs.get("max_new_tokens", config.max_new_tokens)
+        if new_tokens is not None and (isinstance(new_tokens, bool) or not isinstance(new_tokens, int)
+                                       or new_tokens < 1):
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {new_tokens!r}")
+        total = prompt_length + new_tokens if new_tokens is not None else kwargs.get("max_length", config.max_length)
+        limit = self.config.max_position_embeddings
+        if total is not None and total > limit:
+            raise ValueError(f"prompt ({prompt_length} tokens) plus new tokens is {total} tokens, more than the "
+                             f"model's max_position_embeddings={limit}")
+        return super().generate(inputs, generation_config, **kwargs)
 
 
 # save_pretrained copies these files (and their relative imports) next to the weights

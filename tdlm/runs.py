@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from .tokenization import check_tokenizer_matches, load_tokenizer
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STAGING_PREFIX = ".tmp-"  # checkpoints are written here, then renamed into place
+# what `Trainer.train(resume_from_checkpoint=...)` restores besides the weights; without them it silently restarts
+# the optimizer, the schedule or the data order / corruption draws, and the resumed run differs from the original
+RESUME_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state*.pth")
 
 
 @dataclass
@@ -75,6 +79,18 @@ class Experiment:
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
+    def has_files(self) -> bool:
+        """Whether anything was written here (a new run of other processes creates only empty folders)."""
+        return self.root.is_dir() and any(p.is_file() for p in self.root.rglob("*"))
+
+    def remove(self) -> None:
+        """Delete the whole experiment folder: renamed out of the way first, like a checkpoint (a kill mid-way
+        leaves a `.tmp-deleting-<id>` folder, never a half-deleted run under the old id)."""
+        if self.root.exists():
+            doomed = self.root.with_name(f"{STAGING_PREFIX}deleting-{self.root.name}")
+            os.replace(self.root, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
     # ---- config, summary, results ------------------------------------------------------------
     def write_config(self, config: dict) -> None:
         save_config(config, self.config_path)
@@ -114,9 +130,19 @@ class Experiment:
             f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
 
     def read_metrics(self) -> list[dict]:
-        """Rows of logs/metrics.jsonl (empty when the file is missing)."""
+        """Rows of logs/metrics.jsonl (empty when the file is missing). A torn last line (a kill mid-write) is
+        dropped with a warning; a broken line elsewhere is an error naming the file and line."""
         path = self.metrics_path
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                if number < len(lines):
+                    raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from None
+                warnings.warn(f"{path}: dropped its torn last line {number} (a write was interrupted)", stacklevel=2)
+        return rows
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop records logged after `after_step` (a resumed run logs those steps again)."""
@@ -248,7 +274,7 @@ def resume_point(path: str | Path) -> tuple[Path, Experiment | None]:
     if not path.exists():
         raise FileNotFoundError(f"--resume path not found: {path}")
     if (path / "checkpoints").is_dir():
-        checkpoints = list_checkpoints(path / "checkpoints")
+        checkpoints = [c for c in list_checkpoints(path / "checkpoints") if _readable_trainer_state(c)]
         if not checkpoints:
             raise FileNotFoundError(f"experiment {path} has no complete checkpoint under {path / 'checkpoints'}")
         return checkpoints[-1], Experiment(path)
@@ -256,6 +282,39 @@ def resume_point(path: str | Path) -> tuple[Path, Experiment | None]:
         raise FileNotFoundError(f"{path} is neither a checkpoint (no config.json) nor an experiment folder")
     experiment = Experiment(path.parent.parent) if path.parent.name == "checkpoints" else None
     return path, experiment
+
+
+def _readable_trainer_state(checkpoint: Path) -> bool:
+    """Whether trainer_state.json parses; a broken one (a kill mid-write of an older version, a disk error) makes
+    resume fall back to the previous checkpoint, with a warning."""
+    try:
+        read_json(checkpoint / "trainer_state.json")
+        return True
+    except ValueError as error:
+        warnings.warn(f"skipping {checkpoint}: {error}", stacklevel=3)
+        return False
+
+
+def missing_resume_state(checkpoint: Path) -> list[str]:
+    """Which of RESUME_STATE_FILES a checkpoint lacks (an exact resume needs all of them)."""
+    return [name for name in RESUME_STATE_FILES if not any(Path(checkpoint).glob(name))]
+
+
+def weights_are_finite(checkpoint: Path) -> bool:
+    """Whether every tensor in the checkpoint's *.safetensors files is finite (an unreadable file counts as not)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    files = sorted(Path(checkpoint).glob("*.safetensors"))
+    try:
+        return bool(files) and all(bool(torch.isfinite(t).all()) for f in files for t in load_file(f).values())
+    except (SafetensorError, OSError):
+        return False
+
+
+def last_good_checkpoint(checkpoints_dir) -> Path | None:
+    """The newest complete checkpoint whose weights are finite (checked, not assumed)."""
+    return next((c for c in reversed(list_checkpoints(checkpoints_dir)) if weights_are_finite(c)), None)
 
 
 def find_experiment(experiment, experiments_dir="experiments") -> Experiment:
@@ -308,10 +367,18 @@ def load_model(path, **kwargs):
 
 def load_checkpoint(path, device: str | None = None):
     """(model in eval mode, tokenizer) from a checkpoint folder whose config.json has `training_mode`."""
+    from safetensors import SafetensorError
+
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in checkpoint folder {path}")
-    model = load_model(path)
+    try:
+        model = load_model(path)
+    except (OSError, SafetensorError) as error:  # a truncated or missing weights file
+        raise ValueError(f"{path}: cannot load the model weights ({str(error).splitlines()[0]})") from None
+    bad = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
+    if bad:
+        raise FloatingPointError(f"{path}: {bad} model weights are NaN/inf; its outputs would be meaningless")
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     tokenizer = load_tokenizer(str(path), trust_remote_code=True)
     check_tokenizer_matches(tokenizer, model.config)

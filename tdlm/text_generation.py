@@ -6,9 +6,22 @@ autoregressive ones use the stock KV-cached `generate()`.
 
 import torch
 
+DEFAULT_NEW_TOKENS = 64
 
-def generate_text(model, tokenizer, prompts, max_new_tokens=64, num_samples=1, seed=0, **options) -> list[str]:
-    """`num_samples` continuations of every prompt ("" = unconditional), decoded with the prompt.
+
+def fit_new_tokens(model, prompt_lengths) -> int:
+    """The default number of new tokens: DEFAULT_NEW_TOKENS, or fewer where the longest prompt leaves less room
+    before the model's max_position_embeddings (a quick-start model has only 64 positions)."""
+    limit, longest = model.config.max_position_embeddings, max(prompt_lengths, default=0)
+    if longest >= limit:
+        raise ValueError(f"the prompt has {longest} tokens, no room for new ones within the model's "
+                         f"max_position_embeddings={limit}; use a shorter prompt")
+    return min(DEFAULT_NEW_TOKENS, limit - longest)
+
+
+def generate_text(model, tokenizer, prompts, max_new_tokens=None, num_samples=1, seed=0, **options) -> list[str]:
+    """`num_samples` continuations of every prompt ("" = unconditional), decoded with the prompt;
+    `max_new_tokens=None` fits the default to the model (`fit_new_tokens`).
 
     `options` go to `diffusion_generate` (num_steps, step_schedule, remasking, confidence_threshold,
     block_length, temperature, top_k, top_p, stop_at_eos) or, for AR models, to `generate()`
@@ -18,6 +31,11 @@ def generate_text(model, tokenizer, prompts, max_new_tokens=64, num_samples=1, s
     prompts = [p for p in prompts for _ in range(num_samples)]
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if not model.config.is_diffusion:
+        bos = model.config.bos_token_id if model.config.bos_token_id is not None else model.config.eos_token_id
+        encoded = [[bos] + ids for ids in encoded]  # an AR model needs at least one token to condition on
+    if max_new_tokens is None:
+        max_new_tokens = fit_new_tokens(model, [len(ids) for ids in encoded])
     if model.config.is_diffusion:
         generator = torch.Generator(device=device).manual_seed(seed)
         if all(len(ids) == 0 for ids in encoded):
@@ -28,8 +46,6 @@ def generate_text(model, tokenizer, prompts, max_new_tokens=64, num_samples=1, s
             out = model.diffusion_generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
                                            generator=generator, **options)
     else:
-        bos = model.config.bos_token_id if model.config.bos_token_id is not None else model.config.eos_token_id
-        encoded = [[bos] + ids for ids in encoded]  # an AR model needs at least one token to condition on
         batch = tokenizer.pad({"input_ids": encoded}, return_tensors="pt").to(device)
         temperature = options.pop("temperature", 0.0) or 0.0
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}

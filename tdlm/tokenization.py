@@ -1,5 +1,6 @@
 """Tokenizers for TDLM: GPT-2 BPE plus an absorbing `<|mask|>` token, or a small BPE trained on a corpus."""
 
+import codecs
 from pathlib import Path
 
 MASK_TOKEN = "<|mask|>"
@@ -37,11 +38,28 @@ def train_bpe_tokenizer(files, vocab_size: int = 1024, min_frequency: int = 2):
     for name in files:
         if not Path(name).is_file():
             raise FileNotFoundError(f"tokenizer training file not found: {name}")
+        _check_utf8_text(name)
     bpe = ByteLevelBPETokenizer()
     bpe.train(files, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS_TOKEN, MASK_TOKEN],
               show_progress=False)
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
                                    pad_token=EOS_TOKEN, unk_token=EOS_TOKEN, mask_token=MASK_TOKEN)
+
+
+def _check_utf8_text(name: str) -> None:
+    """The `tokenizers` trainer reads UTF-8 text and fails on anything else with a message that names no file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(name, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                raise ValueError(f"tokenizer training file {name} is not UTF-8 text ({error.reason} at byte "
+                                 f"{f.tell() - len(chunk) + error.start})") from None
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ValueError(f"tokenizer training file {name} is not UTF-8 text (it ends inside a character)") from None
 
 
 def config_kwargs_for_tokenizer(tokenizer) -> dict:

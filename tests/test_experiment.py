@@ -50,7 +50,7 @@ def test_mixed_precision_no_survives_yaml_1_1():
     ("trainig.learning_rate=3e-4", "trainig: unknown section"),
     ("monitoring.wandb.entity=me", "monitoring.wandb.entity: unknown key"),
     ("training.mixed_precision=fp8", "training.mixed_precision"),
-    ("sampling.cfg_scale=-1", "sampling.cfg_scale: must be >= 0"),
+    ("sampling.cfg_scale=-1", "sampling.cfg_scale: must be a finite number >= 0"),
     ("training.batch_size=0", "training.batch_size: must be >= 1"),
     ("training.batch_size=many", "training.batch_size: expected int"),
     ("training.learning_rate=-1", "training.learning_rate: must be > 0"),

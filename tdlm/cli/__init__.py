@@ -2,8 +2,8 @@
 
 Each module's `main(argv)` parses its arguments and makes one call into the package, returning what that call
 returned (tests and notebooks use it); its `cli` is `main` behind `entry_point`, which turns a user mistake into
-a one-line `error: ...` on stderr and exit code 1 (2 for bad usage, from argparse). `TDLM_DEBUG=1` shows the
-traceback instead.
+a one-line `error: ...` on stderr and exit code 1 (2 for bad usage, from argparse; returned, not raised, so that
+tests and notebooks can call `cli([...])`). `TDLM_DEBUG=1` shows the traceback instead.
 """
 
 import functools
@@ -13,7 +13,7 @@ import sys
 from ..config import ConfigError
 
 # mistakes a user can make and fix: a bad value, a missing file, a run that diverged
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, FloatingPointError)
 
 
 def entry_point(main):
@@ -21,6 +21,8 @@ def entry_point(main):
     def cli(argv=None) -> int:
         try:
             result = main(argv)
+        except SystemExit as exit_:  # argparse: --help (0) or bad usage (2)
+            return exit_.code or 0
         except USER_ERRORS as error:
             if os.environ.get("TDLM_DEBUG") == "1":
                 raise

@@ -9,6 +9,7 @@ import json
 import sys
 
 from . import entry_point
+from .arguments import positive_int, seed
 
 
 def main(argv=None):
@@ -22,18 +23,18 @@ def main(argv=None):
     parser.add_argument("--model", help="checkpoint folder (config.json with training_mode + tokenizer)")
     parser.add_argument("--tasks", default="", help=f"comma-separated: {', '.join(TASK_NAMES)}, mmlu_<subject>, "
                                                     "mmlu_5shot_<subject>")
-    parser.add_argument("--limit", type=int, default=None, help="documents per (sub)task")
-    parser.add_argument("--mc-num", type=int, default=128, help="Monte-Carlo samples per choice (diffusion)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=positive_int, default=None, help="documents per (sub)task")
+    parser.add_argument("--mc-num", type=positive_int, default=128, help="Monte-Carlo samples per choice (diffusion)")
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--likelihood", action="store_true", help="NLL (AR) / NELBO +- SE (diffusion) on --eval-file")
     parser.add_argument("--eval-file", default=None)
-    parser.add_argument("--nelbo-samples", type=int, default=32, help="t samples per block for the NELBO")
-    parser.add_argument("--block-size", type=int, default=None, help="default: max_position_embeddings")
-    parser.add_argument("--max-blocks", type=int, default=None)
+    parser.add_argument("--nelbo-samples", type=positive_int, default=32, help="t samples per block for the NELBO")
+    parser.add_argument("--block-size", type=positive_int, default=None, help="default: max_position_embeddings")
+    parser.add_argument("--max-blocks", type=positive_int, default=None)
     parser.add_argument("--exact-ordered", action="store_true", help="also the left-to-right exact NLL (diffusion)")
     parser.add_argument("--backend", choices=("native", "lm-eval"), default="native")
     parser.add_argument("--data-dir", default=None, help="benchmark data folder (default ../shared/data)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--device", default=None)
     parser.add_argument("--output", default=None, help="results JSON path")
     args = parser.parse_args(argv)

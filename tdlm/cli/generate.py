@@ -11,6 +11,7 @@ import sys
 from ..runs import load_checkpoint
 from ..text_generation import generate_text
 from . import entry_point
+from .arguments import non_negative_float, positive_int, probability, seed, unit_interval
 
 DIFFUSION_OPTIONS = ("num_steps", "step_schedule", "remasking", "confidence_threshold", "block_length", "cfg_scale")
 
@@ -19,19 +20,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder (config.json, weights, tokenizer)")
     parser.add_argument("--prompt", action="append", default=None, help="prompt text; repeat for a batch; '' = none")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
-    parser.add_argument("--num-steps", type=int, default=None, help="diffusion steps (default: generation_config)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="default: 64, or what fits the model's max_position_embeddings after the prompt")
+    parser.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt")
+    parser.add_argument("--num-steps", type=positive_int, default=None,
+                        help="diffusion steps (default: generation_config)")
     parser.add_argument("--step-schedule", choices=("cosine", "linear"), default=None)
     parser.add_argument("--remasking", choices=("low_confidence", "margin", "entropy", "random"), default=None)
-    parser.add_argument("--confidence-threshold", type=float, default=None)
-    parser.add_argument("--block-length", type=int, default=None)
-    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance (LLaDA); 0 = off")
-    parser.add_argument("--temperature", type=float, default=None)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--confidence-threshold", type=unit_interval, default=None)
+    parser.add_argument("--block-length", type=positive_int, default=None)
+    parser.add_argument("--cfg-scale", type=non_negative_float, default=None,
+                        help="classifier-free guidance (LLaDA); 0 = off")
+    parser.add_argument("--temperature", type=non_negative_float, default=None)
+    parser.add_argument("--top-k", type=positive_int, default=None)
+    parser.add_argument("--top-p", type=probability, default=None)
     parser.add_argument("--stop-at-eos", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     args = parser.parse_args(argv)
 

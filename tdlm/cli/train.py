@@ -21,6 +21,9 @@ def main(argv=None):
     parser.add_argument("--experiment-id", help="experiment folder name (default tdlm_YYYYMMDD_HHMMSS)")
     parser.add_argument("--output-dir", default="experiments", help="where experiment folders live")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run of --experiment-id first")
+    parser.add_argument("--allow-inexact-resume", action="store_true",
+                        help="resume even from a checkpoint without optimizer / scheduler / RNG state")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     args = parser.parse_args(argv)
 
@@ -38,7 +41,8 @@ def main(argv=None):
     config = load_config(config_path, args.overrides) if config_path else None
     if args.eval_only:
         return run_evaluation(config, args.resume, args.output_dir)
-    return run_training(config, args.experiment_id, args.output_dir, args.resume)
+    return run_training(config, args.experiment_id, args.output_dir, args.resume, overwrite=args.overwrite,
+                        allow_inexact_resume=args.allow_inexact_resume)
 
 cli = entry_point(main)
 

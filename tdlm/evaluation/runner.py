@@ -1,5 +1,6 @@
 """Evaluate one checkpoint end to end (likelihood + downstream tasks) into a JSON-ready dict."""
 
+import math
 import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -46,6 +47,13 @@ def eval_blocks(tokenizer, block_size: int, eval_file=None, data_config: dict | 
     return blocks[:max_blocks] if max_blocks is not None else blocks
 
 
+def _check_counts(**counts) -> None:
+    """Integer settings that must be >= 1 (None = default/all where the signature allows it)."""
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def evaluate_checkpoint(path, tasks=(), limit=None, mc_num: int = 128, seed: int = 0, likelihood: bool = False,
                         eval_file=None, data_config=None, num_samples: int = 32, block_size: int | None = None,
                         max_blocks: int | None = None, exact_ordered: bool = False, backend: str = "native",
@@ -56,8 +64,13 @@ def evaluate_checkpoint(path, tasks=(), limit=None, mc_num: int = 128, seed: int
     backend "native" scores tasks with tdlm.evaluation.multiple_choice (no lm-eval); "lm-eval" runs the same
     local tasks through lm-eval with the registered "tdlm" model.
     """
+    _check_counts(mc_num=mc_num, num_samples=num_samples, batch_size=batch_size, limit=limit, max_blocks=max_blocks,
+                  block_size=block_size)
     if model is None:
         model, tokenizer = load_checkpoint(path, device)
+    if block_size is not None and block_size > model.config.max_position_embeddings:
+        raise ValueError(f"block_size {block_size} is larger than {path}'s max_position_embeddings="
+                         f"{model.config.max_position_embeddings}")
     result = {"checkpoint": str(path), "training_mode": model.config.training_mode,
               "num_parameters": sum(p.numel() for p in model.parameters()),
               "settings": {"tasks": list(tasks), "limit": limit, "mc_num": mc_num, "seed": seed,
@@ -76,6 +89,9 @@ def evaluate_checkpoint(path, tasks=(), limit=None, mc_num: int = 128, seed: int
         else:
             result["likelihood"] = ar_nll(model, blocks, batch_size, show_progress=True)
         result["likelihood"]["eval_data"] = str(eval_file) if eval_file else (data_config or {}).get("eval_files")
+        if not all(math.isfinite(v) for v in result["likelihood"].values() if isinstance(v, float)):
+            raise FloatingPointError(f"{path}: non-finite likelihood {result['likelihood']}; the checkpoint's "
+                                     f"outputs are NaN/inf")
     if tasks:
         if backend == "lm-eval":
             from .lm_eval_adapter import TDLMLM, evaluate_with_lm_eval  # lm-eval is an optional extra

@@ -1,6 +1,7 @@
 """From a validated config to the pieces a Trainer needs: tokenizer, model, data, TrainingArguments."""
 
 import os
+from contextlib import contextmanager
 
 import torch
 from transformers import TrainingArguments
@@ -21,7 +22,22 @@ MODEL_SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "
 def starting_point(config: dict) -> str | None:
     """The model folder a run starts from (peft.base_model or model.init_from): an experiment folder means its
     best checkpoint; a name that is not a local path is kept (a Hub id)."""
-    return pretrained_source(config["peft"]["base_model"] if config["peft"]["enabled"] else config["model"]["init_from"])
+    section, key = _pretrained_key(config).split(".")
+    return pretrained_source(config[section][key])
+
+
+def _pretrained_key(config: dict) -> str:
+    return "peft.base_model" if config["peft"]["enabled"] else "model.init_from"
+
+
+@contextmanager
+def _loading(key: str, name: str):
+    """A start that cannot be loaded (not a local folder, and offline or no such Hub repo) names its config key."""
+    try:
+        yield
+    except OSError as error:
+        raise ValueError(f"{key}: cannot load {name!r}: not a local folder, and the Hub gave: "
+                         f"{str(error).splitlines()[0]}") from None
 
 
 def build_tokenizer(config: dict, checkpoint=None):
@@ -30,12 +46,14 @@ def build_tokenizer(config: dict, checkpoint=None):
     if checkpoint is not None:
         return load_tokenizer(str(checkpoint), trust_remote_code=True)
     if model["tokenizer"] is None and pretrained is not None:
-        return load_tokenizer(pretrained, trust_remote_code=True)
+        with _loading(_pretrained_key(config), pretrained):
+            return load_tokenizer(pretrained, trust_remote_code=True)
     if model["train_bpe"] is not None:
         spec = model["train_bpe"]
         return train_bpe_tokenizer(spec["files"], vocab_size=spec.get("vocab_size", 1024),
                                    min_frequency=spec.get("min_frequency", 2))
-    return load_tokenizer(model["tokenizer"])
+    with _loading("model.tokenizer", model["tokenizer"]):
+        return load_tokenizer(model["tokenizer"])
 
 
 def build_model(config: dict, tokenizer):
@@ -43,7 +61,8 @@ def build_model(config: dict, tokenizer):
     m = config["model"]
     pretrained = starting_point(config)
     if pretrained:
-        model = load_model(pretrained)
+        with _loading(_pretrained_key(config), pretrained):
+            model = load_model(pretrained)
     else:
         token_kwargs = config_kwargs_for_tokenizer(tokenizer)
         if m["vocab_size"] is not None:

@@ -1,6 +1,7 @@
 """The experiment runner behind `tdlm-train` / scripts/train.py: train or resume a run, or evaluate a checkpoint."""
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from transformers import set_seed
 
 from ..evaluation.multiple_choice import run_downstream
 from ..hub import push_to_hub
-from ..runs import Experiment, default_experiment_id, load_checkpoint, read_json, resume_point
+from ..runs import Experiment, default_experiment_id, load_checkpoint, missing_resume_state, read_json, resume_point
 from .build import build_data, build_model, build_tokenizer, training_arguments
 from .metrics import MetricsJsonlCallback
 from .trainer import CheckpointScheduleCallback, DiffusionTrainer
@@ -59,21 +60,43 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run_training(config: dict, experiment_id: str | None = None, output_dir: str = "experiments",
-                 resume: str | None = None, callbacks=()) -> dict:
-    """Train (or resume) an experiment described by a validated config; returns results/summary.json's dict."""
-    checkpoint = experiment = None
-    if resume is not None:
-        checkpoint, experiment = resume_point(resume)
-    if experiment is None:
-        experiment = Experiment(Path(output_dir) / (experiment_id or default_experiment_id()))
-    experiment.create()
+def _is_first_process() -> bool:
+    # before TrainingArguments exists (torchrun / accelerate launch set RANK): only one process may delete folders
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _new_experiment(root: Path, overwrite: bool) -> Experiment:
+    """The folder of a new run: an existing run there is kept unless `overwrite` (then it is deleted first)."""
+    experiment = Experiment(root)
+    if experiment.has_files():
+        if not overwrite:
+            raise FileExistsError(f"experiment {root} already exists; continue it with --resume {root}, choose a new "
+                                  f"--experiment-id, or pass --overwrite to delete it")
+        if _is_first_process():
+            experiment.remove()
+    return experiment
+
+
+def _check_resume(checkpoint: Path, config: dict, allow_inexact: bool) -> None:
+    """A resume continues the checkpoint's own run: the same objective, with all of its training state."""
+    saved = read_json(checkpoint / "config.json") if (checkpoint / "config.json").is_file() else {}
+    mode = config["model"]["training_mode"]
+    if saved.get("training_mode", mode) != mode:
+        raise ValueError(f"model.training_mode is {mode!r} but {checkpoint} is a {saved['training_mode']!r} "
+                         f"checkpoint")
+    missing = missing_resume_state(checkpoint)
+    if missing and not allow_inexact:
+        raise FileNotFoundError(f"{checkpoint} lacks {', '.join(missing)}: resuming would restart them and differ "
+                                f"from the original run; pass --allow-inexact-resume to resume anyway")
+
+
+def _build_trainer(config: dict, experiment: Experiment, checkpoint: Path | None, callbacks) -> DiffusionTrainer:
     set_seed(config["training"]["seed"])
     tokenizer = build_tokenizer(config, checkpoint)
     model = build_model(config, tokenizer)
     train, evaluation, collator = build_data(config, tokenizer, model)
     t = config["training"]
-    trainer = DiffusionTrainer(
+    return DiffusionTrainer(
         model=model, args=training_arguments(config, experiment), train_dataset=train, eval_dataset=evaluation,
         data_collator=collator, processing_class=tokenizer,
         callbacks=[CheckpointScheduleCallback(t["save_every_n_steps"], t["save_every_n_epochs"], t["eval_steps"],
@@ -81,6 +104,28 @@ def run_training(config: dict, experiment_id: str | None = None, output_dir: str
                    MetricsJsonlCallback(experiment), *callbacks],
         detailed_metrics_steps=t["detailed_metrics_steps"], attention_analysis_steps=t["attention_analysis_steps"],
         cleanup_checkpoints=t["cleanup_checkpoints"])
+
+
+def run_training(config: dict, experiment_id: str | None = None, output_dir: str = "experiments",
+                 resume: str | None = None, callbacks=(), overwrite: bool = False,
+                 allow_inexact_resume: bool = False) -> dict:
+    """Train (or resume) an experiment described by a validated config; returns results/summary.json's dict.
+    A new run refuses an `experiment_id` that holds a run unless `overwrite`; a resume refuses a checkpoint without
+    optimizer / scheduler / RNG state unless `allow_inexact_resume`."""
+    checkpoint = experiment = None
+    if resume is not None:
+        checkpoint, experiment = resume_point(resume)
+        _check_resume(checkpoint, config, allow_inexact_resume)
+    if experiment is None:
+        experiment = _new_experiment(Path(output_dir) / (experiment_id or default_experiment_id()), overwrite)
+    created = not experiment.has_files()
+    experiment.create()
+    try:
+        trainer = _build_trainer(config, experiment, checkpoint, callbacks)
+    except BaseException:
+        if created and _is_first_process():  # a failed start leaves no empty experiment folder behind
+            experiment.remove()
+        raise
     start_step = 0
     if trainer.is_world_process_zero():
         experiment.write_config(config)
@@ -96,8 +141,8 @@ def run_training(config: dict, experiment_id: str | None = None, output_dir: str
         summary = summarize_run(experiment, trainer, output, runtime, start_step)
         experiment.write_summary(summary)
         print(format_summary(summary), flush=True)
-        if t["push_to_hub"]:  # best checkpoint + model card (tdlm.hub), not Trainer's raw folder
-            push_to_hub(experiment.root, repo_id=t["hub_model_id"])
+        if config["training"]["push_to_hub"]:  # best checkpoint + model card (tdlm.hub), not Trainer's raw folder
+            push_to_hub(experiment.root, repo_id=config["training"]["hub_model_id"])
     return summary
 
 

@@ -25,10 +25,17 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from ..runs import commit_checkpoint, delete_checkpoint, list_checkpoints, staging_folder
+from ..runs import commit_checkpoint, delete_checkpoint, last_good_checkpoint, list_checkpoints, staging_folder
 from ..schedules import diffusion_targets, get_noise_schedule
-from .metrics import (attention_metrics, corruption_levels, level_gradient_norms, level_statistics,
-                      prediction_metrics, summarize_level_statistics, token_frequency_kl)
+from .metrics import (
+    attention_metrics,
+    corruption_levels,
+    level_gradient_norms,
+    level_statistics,
+    prediction_metrics,
+    summarize_level_statistics,
+    token_frequency_kl,
+)
 
 
 def derive_seed(seed: int, kind: str, index: int) -> int:
@@ -174,12 +181,19 @@ class DiffusionTrainer(Trainer):
 
     def _check_finite(self):
         if self._finite is not None and not bool(self._finite):
-            checkpoints = list_checkpoints(self.args.output_dir)
-            last = checkpoints[-1] if checkpoints else "none saved yet"
-            raise FloatingPointError(
-                f"non-finite training loss (NaN/inf) by step {self.state.global_step}; training stopped without "
-                f"saving. Last good checkpoint: {last}. Try a lower training.learning_rate, more warmup, "
-                f"training.max_grad_norm, or mixed_precision: bf16 instead of fp16.")
+            self._stop("non-finite training loss (NaN/inf)")
+
+    def _check_finite_weights(self):
+        """A finite loss does not prove finite weights (a NaN gradient reaches them one step before the loss)."""
+        if not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()):
+            self._stop("non-finite model weights (NaN/inf)")
+
+    def _stop(self, problem: str):
+        last = last_good_checkpoint(self.args.output_dir) or "none saved yet"  # its weights checked, not assumed
+        raise FloatingPointError(
+            f"{problem} by step {self.state.global_step}; training stopped without saving. Last good checkpoint: "
+            f"{last}. Try a lower training.learning_rate, more warmup, training.max_grad_norm, or mixed_precision: "
+            f"bf16 instead of fp16.")
 
     # ---- research metrics ----------------------------------------------------------------------
     def _is_due(self, every, step) -> bool:
@@ -238,7 +252,7 @@ class DiffusionTrainer(Trainer):
     # ---- logging -------------------------------------------------------------------------------
     def log(self, logs, start_time=None):
         if "loss" in logs:
-            if not math.isfinite(logs["loss"]):
+            if not math.isfinite(logs["loss"]) or not math.isfinite(logs.get("grad_norm", 0.0)):
                 self._finite = torch.tensor(False)
             self._check_finite()
             if self._level_stats is not None:
@@ -282,6 +296,7 @@ class DiffusionTrainer(Trainer):
         """Write the checkpoint into a hidden staging folder, then rename it into place: a crash (even
         SIGKILL) during the save leaves at most a stale staging folder, never a broken checkpoint-N."""
         self._check_finite()
+        self._check_finite_weights()
         step = self.state.global_step
         if step in self._saved_steps:
             return
@@ -320,7 +335,8 @@ class CheckpointScheduleCallback(TrainerCallback):
     the best checkpoint is known."""
 
     def __init__(self, save_steps=None, save_epochs=None, eval_steps=None, has_eval=True):
-        self.save_steps, self.save_epochs, self.eval_steps, self.has_eval = save_steps, save_epochs, eval_steps, has_eval
+        self.save_steps, self.save_epochs, self.eval_steps = save_steps, save_epochs, eval_steps
+        self.has_eval = has_eval
         self.last_eval = self.last_save = None
 
     def _request(self, state, control, save, evaluate):
