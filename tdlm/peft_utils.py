@@ -13,10 +13,12 @@ The training YAML's `peft` section drives `apply_lora`:
 `peft` is an optional extra, imported where used.
 """
 
+import os
 from pathlib import Path
 
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoTokenizer,
@@ -52,10 +54,11 @@ def peft_settings(peft_section: dict | None) -> dict:
 def apply_lora(model, peft_section: dict):
     """Wrap `model` (a TDLM loaded from `peft_section["base_model"]`) in a LoRA `PeftModel`.
 
-    Only the adapter weights are trainable. The adapter config records the base model so that
-    `PeftModel.from_pretrained` and `merge_adapter` find it again. An AR model gets the CAUSAL_LM task
-    type (PEFT's `generate()` wrapper); a diffusion model a plain `PeftModel` (diffusion_generate
-    reaches the LoRA-injected base model through attribute forwarding).
+    Only the adapter weights are trainable. The adapter config records the base model (`base_model_reference`)
+    so that `AutoPeftModel` / `PeftModel.from_pretrained` and `merge_adapter` find it again. An AR model gets
+    the CAUSAL_LM task type (PEFT's `generate()` wrapper; load it with AutoPeftModelForCausalLM); a diffusion
+    model a plain `PeftModel` (AutoPeftModel; diffusion_generate reaches the LoRA-injected base model through
+    attribute forwarding).
     """
     from peft import (  # an optional extra (tdlm[peft])
         LoraConfig,
@@ -75,18 +78,29 @@ def apply_lora(model, peft_section: dict):
         task_type=TaskType.CAUSAL_LM if is_causal else None,
     )
     peft_model = get_peft_model(model, lora_config)
+    # PEFT saves the base's class module (tdlm.modeling_tdlm) as adapter_config.json's `auto_mapping`, which
+    # AutoPeftModel imports: name transformers' AutoModel instead, which builds the same head from the base's
+    # remote code, so that adapters load where tdlm is not installed
+    peft_model._get_base_model_class = lambda is_prompt_tuning=False: AutoModel
     base_model = settings["base_model"] or getattr(model, "name_or_path", None)
     if base_model:
-        peft_model.peft_config["default"].base_model_name_or_path = pretrained_source(str(base_model))
+        peft_model.peft_config["default"].base_model_name_or_path = base_model_reference(str(base_model))
     return peft_model
 
 
-def merge_adapter(adapter_dir, output_dir, dtype=None) -> Path:
-    """Load the adapter's base model (with its remote code), merge the LoRA weights into it and save a
-    full, self-sufficient model folder: weights, config with auto_map, remote code, generation config,
-    tokenizer (from the adapter folder when it has one, else from the base)."""
+def base_model_reference(base_model: str) -> str:
+    """How adapter_config.json names the base: a Hub id as given; a local experiment or checkpoint folder as its
+    model folder relative to the working directory, which is where PEFT looks for it (never an absolute path,
+    which would name this machine's layout)."""
+    source = pretrained_source(base_model)
+    return os.path.relpath(source) if Path(source).exists() else source
+
+
+def load_merged(adapter_dir, dtype=None):
+    """(model with the LoRA weights merged in, tokenizer): the adapter's base loaded with its remote code, the
+    tokenizer from the adapter folder when it has one, else from the base."""
     from peft import PeftConfig, PeftModel  # an optional extra (tdlm[peft])
-    adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
+    adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json: not a PEFT adapter folder")
     base = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
@@ -96,7 +110,14 @@ def merge_adapter(adapter_dir, output_dir, dtype=None) -> Path:
     auto_class = AutoModelForMaskedLM if config.is_diffusion else AutoModelForCausalLM
     model = auto_class.from_pretrained(base, trust_remote_code=True, **({"dtype": dtype} if dtype else {}))
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    merged.save_pretrained(output_dir)
     tokenizer_source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
-    AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=True).save_pretrained(output_dir)
-    return output_dir
+    return merged, AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=True)
+
+
+def merge_adapter(adapter_dir, output_dir, dtype=None) -> Path:
+    """Merge the adapter into its base (`load_merged`) and save a full, self-sufficient model folder: weights,
+    config with auto_map, remote code, generation config, tokenizer."""
+    merged, tokenizer = load_merged(adapter_dir, dtype)
+    merged.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return Path(output_dir)

@@ -1,5 +1,6 @@
 """LoRA on a saved TDLM checkpoint: only adapter weights train, the merged model equals base+adapter,
-and the adapter folder loads with PeftModel.from_pretrained on the remote-code base without tdlm."""
+and the adapter folder (which names its base by a relative path) loads without tdlm, both with
+PeftModel.from_pretrained on the remote-code base and with AutoPeftModel from the adapter folder alone."""
 
 import json
 import runpy
@@ -39,9 +40,11 @@ def lora_finetune(model, steps=4, seed=0):
 
 
 @pytest.fixture(params=["diffusion", "autoregressive"])
-def lora_run(request, tmp_path):
-    """A saved base checkpoint, a LoRA fine-tune of it (in memory) and its saved adapter folder."""
+def lora_run(request, tmp_path, monkeypatch):
+    """A saved base checkpoint, a LoRA fine-tune of it (in memory) and its saved adapter folder, made from
+    tmp_path as the working directory (adapters name a local base relative to it)."""
     mode = request.param
+    monkeypatch.chdir(tmp_path)
     base_dir = save_checkpoint(tmp_path / "base", mode)
     base = load_model(str(base_dir))
     assert type(base) is MODEL_CLASS[mode]
@@ -85,7 +88,10 @@ def test_lora_finetuning_changes_only_adapter_weights(lora_run):
     lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
     assert all(p.abs().max() > 0 for p in lora_b)  # lora_B starts at zero: the adapter did train
     config = json.loads((lora_run["adapter_dir"] / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str(lora_run["base_dir"].resolve())
+    assert config["base_model_name_or_path"] == "base"  # relative to the working directory, not absolute
+    if lora_run["mode"] == "diffusion":  # AutoPeftModel builds the base with transformers, not tdlm
+        assert config["auto_mapping"] == {"base_model_class": "AutoModel",
+                                          "parent_library": "transformers.models.auto.modeling_auto"}
     assert (lora_run["adapter_dir"] / "adapter_model.safetensors").is_file()
 
 
@@ -106,9 +112,10 @@ def test_merged_model_equals_base_plus_adapter_and_loads_without_tdlm(lora_run):
     torch.save({"input_ids": input_ids, "adapted": adapted}, tmp / "expected.pt")
 
     auto = "AutoModelForCausalLM" if mode == "autoregressive" else "AutoModelForMaskedLM"
+    auto_peft = "AutoPeftModelForCausalLM" if mode == "autoregressive" else "AutoPeftModel"
     out = run_without_tdlm(f"""
         import json, torch
-        from peft import PeftModel
+        from peft import {auto_peft} as AutoPeft, PeftModel
         from transformers import {auto} as Auto
         expected = torch.load({str(tmp / "expected.pt")!r})
         finite = torch.isfinite(expected["adapted"])
@@ -122,11 +129,12 @@ def test_merged_model_equals_base_plus_adapter_and_loads_without_tdlm(lora_run):
         merged = Auto.from_pretrained({str(merged_dir)!r}, trust_remote_code=True)
         base = Auto.from_pretrained({str(lora_run["base_dir"])!r}, trust_remote_code=True)
         adapter = PeftModel.from_pretrained(base, {str(lora_run["adapter_dir"])!r})
-        print(json.dumps({{"merged": error(merged), "adapter": error(adapter)}}))
+        auto_peft = AutoPeft.from_pretrained("adapter", trust_remote_code=True)  # the adapter folder alone
+        print(json.dumps({{"merged": error(merged), "adapter": error(adapter), "auto_peft": error(auto_peft)}}))
         """, cwd=tmp)
     errors = json.loads(out.strip().splitlines()[-1])
     assert errors["merged"] < 1e-5, errors  # ... and merging reproduces it
-    assert errors["adapter"] < 1e-5, errors
+    assert errors["adapter"] < 1e-5 and errors["auto_peft"] < 1e-5, errors
 
 
 def test_merge_script_writes_w_plus_scaled_ba(tmp_path, monkeypatch):
