@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-
 from publish_helpers import REPO_ROOT, run_without_tdlm, save_checkpoint
+
 from tdlm import TDLMForCausalLM, TDLMForMaskedDiffusion
 from tdlm.hub import REMOTE_CODE_FILES
 from tdlm.peft_utils import DEFAULT_LORA_TARGETS, apply_lora, merge_adapter, peft_settings
