@@ -9,10 +9,20 @@ move to the continuation; an empty context becomes the prefix token) and hands t
 the masks seeded by (seed, context string) so the choices of one context share them. loglikelihood_rolling is the
 exact NLL (AR, lm-eval's rolling windows) or minus the NELBO over max-length blocks (diffusion: a lower bound on
 log p); generate_until uses `generate` (AR) or `diffusion_generate` (diffusion) and cuts at the stop strings.
+
+`pretrained` may be a LoRA adapter folder (merged into its base on load). Requests longer than the model's
+positions have their context left-truncated as in lm-eval's `hf` backend, with a warning that counts them. Under
+`accelerate launch` / torchrun each process scores its share and lm-eval gathers the results on rank 0.
+The command line is lm-eval's own with this model registered: `tdlm-lm-eval` (tdlm/cli/lm_eval.py).
 """
+
+import logging
+from pathlib import Path
 
 import lm_eval.models  # noqa: F401  (fills the registry with lm-eval's own models first)
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -27,6 +37,32 @@ from .likelihood import (
     prefix_token_id,
 )
 
+logger = logging.getLogger(__name__)
+
+
+def warn_truncated(what: str, lengths, limit: int) -> None:
+    """Log how many requests are longer than the model's `limit` tokens (their context is left-truncated)."""
+    over = [length - limit for length in lengths if length > limit]
+    if over:
+        logger.warning("%d of %d %s requests exceed %d tokens: their context was left-truncated (up to %d tokens "
+                       "dropped, %d in all)", len(over), len(lengths), what, limit, max(over), sum(over))
+
+
+def process_state() -> PartialState:
+    """accelerate's view of this process; without CUDA it must be told to use CPU (gloo), or a torchrun /
+    `accelerate launch` on CPU looks like one process."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def load_pretrained(pretrained: str, device: str | None = None):
+    """(model, tokenizer) of a checkpoint folder, or of a LoRA adapter folder merged into its base."""
+    if Path(pretrained, "adapter_config.json").is_file():
+        from ..peft_utils import load_merged  # peft is an optional extra
+
+        model, tokenizer = load_merged(pretrained)
+        return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval(), tokenizer
+    return load_checkpoint(pretrained, device=device)
+
 
 @register_model("tdlm")
 class TDLMLM(TemplateLM):
@@ -34,15 +70,34 @@ class TDLMLM(TemplateLM):
                  batch_size: int | str = 32, nelbo_samples: int = 32, max_gen_toks: int = 64, device: str = None,
                  **kwargs):
         super().__init__()
+        # under `accelerate launch` / torchrun each process scores its share of the requests; lm-eval's
+        # evaluator gathers them through all_gather / gather_object below
+        state = process_state()
+        self._rank, self._world_size = state.process_index, state.num_processes
+        if state.num_processes > 1:
+            device = str(state.device)
         if model is None:
             if pretrained is None:
                 raise ValueError("lm-eval model 'tdlm' needs pretrained=<checkpoint folder> (or model=, tokenizer=)")
-            model, tokenizer = load_checkpoint(pretrained, device=device if device not in (None, "auto") else None)
+            model, tokenizer = load_pretrained(pretrained, device=device if device not in (None, "auto") else None)
         self.model, self.tokenizer = model, tokenizer
         self._device = model.device
         self.mc_num, self.seed, self.nelbo_samples = int(mc_num), int(seed), int(nelbo_samples)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 32
         self.max_gen_toks = int(max_gen_toks)
+
+    def all_gather(self, tensor):
+        return gather(tensor) if self.world_size > 1 else tensor
+
+    def gather_object(self, obj, dst=0):
+        if self.world_size == 1:
+            return [obj]
+        gathered = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj, gathered, dst=dst)
+        return gathered
+
+    def barrier(self) -> None:
+        process_state().wait_for_everyone()
 
     @property
     def eot_token_id(self) -> int:
@@ -67,6 +122,9 @@ class TDLMLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         encoded = _fit_continuations([(context, continuation) for _, context, continuation in requests],
                                      self.max_length)
+        # AR scores (context + continuation)[-(max_length + 1):], its last token being only a target
+        limit = self.max_length + (0 if self.model.config.is_diffusion else 1)
+        warn_truncated("loglikelihood", [len(context) + len(continuation) for context, continuation in encoded], limit)
         if self.model.config.is_diffusion:
             keys = [_context_key(self.seed, context) for (context, _), _, _ in requests]
             return diffusion_conditional_loglikelihood(self.model, encoded, keys, self.mc_num, self.batch_size,
@@ -90,13 +148,14 @@ class TDLMLM(TemplateLM):
 
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False):
-        outputs = []
+        outputs, context_lengths = [], []
         for request in requests:
             context, gen_kwargs = request.args
             until = gen_kwargs.get("until") or [self.tokenizer.eos_token]
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
             ids = self.tok_encode(context) or [self.prefix_token_id]
+            context_lengths.append(len(ids) + max_new)
             ids = ids[-max(1, self.max_length - max_new):]
             input_ids = torch.tensor([ids], device=self.model.device)
             if self.model.config.is_diffusion:
@@ -112,6 +171,7 @@ class TDLMLM(TemplateLM):
                 if stop:
                     text = text.split(stop)[0]
             outputs.append(text)
+        warn_truncated("generate_until (context + max_gen_toks)", context_lengths, self.max_length)
         return outputs
 
 
