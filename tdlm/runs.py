@@ -88,6 +88,7 @@ class Experiment:
         leaves a `.tmp-deleting-<id>` folder, never a half-deleted run under the old id)."""
         if self.root.exists():
             doomed = self.root.with_name(f"{STAGING_PREFIX}deleting-{self.root.name}")
+            shutil.rmtree(doomed, ignore_errors=True)
             os.replace(self.root, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
 
@@ -257,6 +258,7 @@ def delete_checkpoint(checkpoint: Path) -> None:
     """Rename out of the checkpoint namespace first, then delete: a kill mid-way leaves a staging folder (cleaned
     up at the next start), never a half-deleted folder that still looks like a checkpoint."""
     doomed = checkpoint.with_name(f"{STAGING_PREFIX}deleting-{checkpoint.name}")
+    shutil.rmtree(doomed, ignore_errors=True)  # left by a deletion killed before: os.replace cannot overwrite it
     os.replace(checkpoint, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
 
