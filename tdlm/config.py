@@ -102,6 +102,9 @@ SCHEMA = {
         **{k: _training_key(k) for k in ("dataloader_num_workers", "push_to_hub")},
         "hub_model_id": (None, (str, None)),
     },
+        # trackers, as TrainingArguments.report_to ("tensorboard", ["wandb", "trackio"], "none", ...); null: wandb
+        # when monitoring.wandb.enabled, else none (wandb is added to any list when it is enabled)
+        "report_to": (None, (str, list, None)),
     "enhanced_evaluation": {
         "include_downstream": (False, (bool,)),
         "max_eval_batches": (None, (int, None)),

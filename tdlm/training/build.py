@@ -5,15 +5,16 @@ from contextlib import contextmanager
 
 import torch
 from transformers import TrainingArguments
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
+from ..config import ConfigError
 from ..configuration_tdlm import TDLMConfig
 from ..data import DataCollatorForTDLM, build_datasets
 from ..generation_tdlm import DiffusionGenerationConfig
 from ..modeling_tdlm import TDLMModel, model_class_for
 from ..peft_utils import apply_lora
 from ..runs import Experiment, load_model, pretrained_source
-from ..tokenization import (check_tokenizer_matches, config_kwargs_for_tokenizer, load_tokenizer,
-                            train_bpe_tokenizer)
+from ..tokenization import check_tokenizer_matches, config_kwargs_for_tokenizer, load_tokenizer, train_bpe_tokenizer
 
 MODEL_SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "rope_theta",
                     "attention_dropout", "hidden_dropout", "initializer_range")
@@ -110,14 +111,42 @@ def build_data(config: dict, tokenizer, model):
     return train, evaluation, DataCollatorForTDLM(tokenizer.pad_token_id)
 
 
+def trackers(config: dict) -> list[str]:
+    """training.report_to as a list (any TrainingArguments.report_to names), with wandb added when
+    monitoring.wandb.enabled; names transformers does not know fail here, naming the key."""
+    chosen = config["training"]["report_to"]
+    chosen = [] if chosen in (None, "none") else [chosen] if isinstance(chosen, str) else list(chosen)
+    if config["monitoring"]["wandb"]["enabled"] and "wandb" not in chosen:
+        chosen.append("wandb")
+    unknown = sorted(set(chosen) - set(INTEGRATION_TO_CALLBACK) - {"all"})
+    if unknown:
+        raise ConfigError(f"training.report_to: unknown trackers {unknown}; expected some of "
+                          f"{sorted(INTEGRATION_TO_CALLBACK)}, 'all' or 'none'")
+    return chosen
+
+
+def mixed_precision(config: dict) -> str:
+    """The precision a run uses: the YAML's training.mixed_precision, else accelerate's (`accelerate launch
+    --mixed_precision bf16` or `accelerate config`, passed on as ACCELERATE_MIXED_PRECISION), as TrainingArguments
+    resolves it."""
+    chosen = config["training"]["mixed_precision"]
+    return chosen if chosen != "no" else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+
+
 def training_arguments(config: dict, experiment: Experiment, **extra) -> TrainingArguments:
+    """TrainingArguments of a run. Records the precision that will actually run (`mixed_precision`) in
+    config["training"], so that the saved config.yaml and training_args.bin say what ran."""
     t = config["training"]
+    t["mixed_precision"] = mixed_precision(config)
+    report_to = trackers(config)
     wandb = config["monitoring"]["wandb"]
-    if wandb["enabled"]:
+    if "wandb" in report_to:
         os.environ.setdefault("WANDB_PROJECT", wandb["project"])
         if wandb["tags"]:
             os.environ.setdefault("WANDB_TAGS", ",".join(map(str, wandb["tags"])))
         os.environ.setdefault("WANDB_DIR", str(experiment.logs_dir))
+    if "tensorboard" in report_to:  # event files next to metrics.jsonl, per experiment (default: checkpoints/runs)
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(experiment.logs_dir / "tensorboard")
     kwargs = dict(
         output_dir=str(experiment.checkpoints_dir),
         per_device_train_batch_size=t["batch_size"],
@@ -133,7 +162,7 @@ def training_arguments(config: dict, experiment: Experiment, **extra) -> Trainin
         bf16=t["mixed_precision"] == "bf16", fp16=t["mixed_precision"] == "fp16",
         dataloader_num_workers=t["dataloader_num_workers"],  # training.torch_compile: see compile_backbone
         dataloader_drop_last=True, remove_unused_columns=False, prediction_loss_only=True,
-        report_to=["wandb"] if wandb["enabled"] else "none", run_name=experiment.experiment_id,
+        report_to=report_to or "none", run_name=experiment.experiment_id,
         ddp_find_unused_parameters=False, save_only_model=False,
         # without a GPU, multi-process runs (torchrun / accelerate launch) need accelerate's CPU (gloo) mode
         use_cpu=not torch.cuda.is_available(),
