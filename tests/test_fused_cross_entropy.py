@@ -24,25 +24,37 @@ INTERPRETED_CHECKS = textwrap.dedent("""
     from tdlm import fused_cross_entropy
     from tdlm.fused_cross_entropy import _TritonLinearCrossEntropy, linear_cross_entropy
 
-    # The interpreter has no timer to autotune with: every kernel gets one fixed tile per shape (the hand-picked
-    # [64, 128], or [32, 64] for hidden sizes above 128, as the on-chip pruning would keep), and the d W kernel two
-    # row splits so that the split path runs. The autotuner runs a single surviving candidate without timing it.
+    # The interpreter has no timer to autotune with: every kernel gets one fixed tile per shape. The logits kernels
+    # (forward, wide-head logits gradient) get [32, 64] tiles and 64-wide K slices, so that the K-loop runs several
+    # times, with a partial last slice at odd widths; the fused backward kernels the hand-picked [64, 128], or [32, 64]
+    # for hidden sizes above 128 as the on-chip pruning would keep, and the d W kernel two row splits so that the split
+    # path runs. The autotuner runs a single surviving candidate without timing it.
     tiles_run = set()
 
-    def fixed_tile(configs, named_args, **kwargs):
-        wide = kwargs["BLOCK_D"] > 128
-        tile = {"BLOCK_M": 32 if wide else 64, "BLOCK_V": 64 if wide else 128}
-        if "ROW_SPLITS" in configs[0].kwargs:
-            tile["ROW_SPLITS"] = 2
-        tiles_run.add(tuple(tile.values()))
-        return [triton.Config(tile, num_warps=configs[0].num_warps, num_stages=configs[0].num_stages)]
+    def fixed_tile(kernel_name):
+        def prune(configs, named_args, **kwargs):
+            if "BLOCK_K" in configs[0].kwargs:
+                tile = {"BLOCK_M": 32, "BLOCK_V": 64, "BLOCK_K": 64}
+            else:
+                wide = kwargs["BLOCK_D"] > 128
+                tile = {"BLOCK_M": 32 if wide else 64, "BLOCK_V": 64 if wide else 128}
+            if "ROW_SPLITS" in configs[0].kwargs:
+                tile["ROW_SPLITS"] = 2
+            tiles_run.add((kernel_name, *tile.values()))
+            return [triton.Config(tile, num_warps=configs[0].num_warps, num_stages=configs[0].num_stages)]
+        return prune
 
-    for kernel in (fused_cross_entropy._forward_kernel, fused_cross_entropy._grad_rows_kernel,
-                   fused_cross_entropy._grad_weight_kernel):
-        assert len(kernel.configs) > 1 and kernel.early_config_prune is fused_cross_entropy._fits_on_chip
-        kernel.early_config_prune = fixed_tile
+    for name, prune in (("_forward_kernel", fused_cross_entropy._k_tile_within_hidden),
+                        ("_grad_logits_kernel", fused_cross_entropy._k_tile_within_hidden),
+                        ("_grad_rows_kernel", fused_cross_entropy._fits_on_chip),
+                        ("_grad_weight_kernel", fused_cross_entropy._fits_on_chip)):
+        kernel = getattr(fused_cross_entropy, name)
+        assert len(kernel.configs) > 1 and kernel.early_config_prune is prune
+        kernel.early_config_prune = fixed_tile(name)
     # the interpreter runs the kernels on CPU tensors: let head_implementation="triton" reach them there
-    fused_cross_entropy.triton_head_applies = lambda rows: rows.shape[-1] <= fused_cross_entropy.TRITON_MAX_HIDDEN
+    fused_cross_entropy.triton_head_applies = lambda rows: True
+    # wide heads: logits-gradient chunks of 27 rows at vocabulary 300 in fp32 (several chunks, a partial last one)
+    fused_cross_entropy.GRAD_LOGITS_CHUNK_BYTES = 2**15
 
     def run(implementation, rows, weight, targets, coefficients, mask_id, autocast_dtype=None, grad_scale=3.0):
         rows = rows.detach().clone().requires_grad_()
@@ -60,27 +72,30 @@ INTERPRETED_CHECKS = textwrap.dedent("""
     def relative(a, b):
         return float((a - b).norm() / b.norm())
 
-    # odd sizes: 70 rows (not a multiple of BLOCK_M=64), hidden 24 (padded to 32), vocab 300 (not a multiple of
-    # BLOCK_V=128), the mask token inside the vocabulary
-    torch.manual_seed(0)
-    rows, weight = torch.randn(70, 24), torch.randn(300, 24) * 0.5
-    targets, coefficients = torch.randint(0, 299, (70,)), torch.rand(70) / 70
-    mask_id = 150
-    targets[targets == mask_id] = 0
-    triton_out = run("triton", rows, weight, targets, coefficients, mask_id)
-    chunked_out = run("chunked", rows, weight, targets, coefficients, mask_id)
-    for name, a, b in zip(("loss", "token_losses", "predictions", "grad_rows", "grad_weight"), triton_out, chunked_out):
-        assert a.shape == b.shape and a.dtype == b.dtype, (name, a.shape, b.shape, a.dtype, b.dtype)
-        if name == "predictions":
-            assert torch.equal(a, b), name
-        else:  # fp32 throughout: only summation order differs
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
-    assert int((triton_out[2] == mask_id).sum()) == 0  # the mask token is never predicted
-    assert float(triton_out[4][mask_id].abs().max()) == 0.0  # and gets no gradient
+    # widths 24 (one partial K slice), 128 (fused backward), 384, 768 (logits-gradient backward, 6 and 12 K slices);
+    # odd sizes: 70 rows (not a multiple of the row tiles), vocab 300 (not a multiple of the vocabulary tiles), the
+    # mask token inside the vocabulary
+    for hidden in (24, 128, 384, 768):
+        torch.manual_seed(0)
+        rows, weight = torch.randn(70, hidden), torch.randn(300, hidden) * 2 / hidden ** 0.5
+        targets, coefficients = torch.randint(0, 299, (70,)), torch.rand(70) / 70
+        mask_id = 150
+        targets[targets == mask_id] = 0
+        triton_out = run("triton", rows, weight, targets, coefficients, mask_id)
+        chunked_out = run("chunked", rows, weight, targets, coefficients, mask_id)
+        for name, a, b in zip(("loss", "token_losses", "predictions", "grad_rows", "grad_weight"), triton_out,
+                              chunked_out):
+            assert a.shape == b.shape and a.dtype == b.dtype, (name, hidden, a.shape, b.shape, a.dtype, b.dtype)
+            if name == "predictions":
+                assert torch.equal(a, b), (name, hidden)
+            else:  # fp32 throughout: only summation order differs
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"{name} at width {hidden}")
+        assert int((triton_out[2] == mask_id).sum()) == 0  # the mask token is never predicted
+        assert float(triton_out[4][mask_id].abs().max()) == 0.0  # and gets no gradient
 
     # tile edge cases: rows and vocabulary exact multiples of the tiles, fewer rows than a tile, the hidden size 256
-    # tiling (BLOCK_M 32, BLOCK_V 64), zero coefficients
-    for n_rows, hidden, vocab in ((64, 128, 256), (5, 256, 130), (130, 40, 128)):
+    # tiling of the fused backward (BLOCK_M 32, BLOCK_V 64), a partial last K slice after several, zero coefficients
+    for n_rows, hidden, vocab in ((64, 128, 256), (5, 256, 130), (130, 40, 128), (33, 360, 130)):
         rows, weight = torch.randn(n_rows, hidden), torch.randn(vocab, hidden) * 0.2
         targets, coefficients = torch.randint(0, vocab - 1, (n_rows,)), torch.rand(n_rows)
         coefficients[::3] = 0.0
@@ -90,48 +105,54 @@ INTERPRETED_CHECKS = textwrap.dedent("""
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"{name} at {(n_rows, hidden, vocab)}")
 
     # fp16 autocast: both paths round the logits gradient to fp16 (eps 2^-11 ~ 4.9e-4); the chunked path also
-    # rounds the logits themselves, the kernels keep them in fp32. Bound: a few eps, relative.
-    rows, weight = torch.randn(130, 128), torch.randn(520, 128) * 0.1
-    targets, coefficients = torch.randint(4, 520, (130,)), torch.rand(130) / 130
-    triton_out = run("triton", rows, weight, targets, coefficients, 3, torch.float16)
-    chunked_out = run("chunked", rows, weight, targets, coefficients, 3, torch.float16)
+    # rounds the logits themselves, the kernels keep them in fp32. Bound: a few eps, relative. Both backward kernels.
     eps = 2.0 ** -11
-    assert relative(triton_out[1], chunked_out[1]) < 4 * eps
-    assert relative(triton_out[3], chunked_out[3]) < 4 * eps and relative(triton_out[4], chunked_out[4]) < 4 * eps
-    assert float((triton_out[2] == chunked_out[2]).float().mean()) > 0.95  # argmax may flip on near-ties
+    for hidden in (128, 384):
+        rows, weight = torch.randn(130, hidden), torch.randn(520, hidden) * 1.1 / hidden ** 0.5
+        targets, coefficients = torch.randint(4, 520, (130,)), torch.rand(130) / 130
+        triton_out = run("triton", rows, weight, targets, coefficients, 3, torch.float16)
+        chunked_out = run("chunked", rows, weight, targets, coefficients, 3, torch.float16)
+        assert relative(triton_out[1], chunked_out[1]) < 4 * eps, hidden
+        assert relative(triton_out[3], chunked_out[3]) < 4 * eps and relative(triton_out[4], chunked_out[4]) < 4 * eps
+        assert float((triton_out[2] == chunked_out[2]).float().mean()) > 0.95  # argmax may flip on near-ties
 
     # no supervised rows: zero loss and zero gradients, no kernel launch on an empty grid
-    empty = run("triton", rows[:0], weight, targets[:0], coefficients[:0], 3)
-    assert float(empty[0]) == 0.0 and empty[1].numel() == 0 and float(empty[4].abs().sum()) == 0.0
+    for hidden in (128, 384):  # both backward kernels
+        empty = run("triton", torch.zeros(0, hidden), torch.randn(520, hidden), targets[:0], coefficients[:0], 3)
+        assert float(empty[0]) == 0.0 and empty[1].numel() == 0 and float(empty[4].abs().sum()) == 0.0
 
-    # end to end: the same model with head_implementation "triton" and "chunked" gives the same loss and gradients
+    # end to end: the same model with head_implementation "triton" and "chunked" gives the same loss and gradients,
+    # narrow (fused backward) and wide (logits-gradient backward)
     launches = []
     original_apply = _TritonLinearCrossEntropy.apply
     _TritonLinearCrossEntropy.apply = lambda *args: launches.append(1) or original_apply(*args)
-    results = {}
-    for implementation in ("chunked", "triton"):
-        torch.manual_seed(0)
-        config = TDLMConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=64, max_position_embeddings=64, mask_token_id=96, pad_token_id=0,
-                            bos_token_id=0, eos_token_id=0, head_implementation=implementation)
-        model = TDLMForMaskedDiffusion(config)
-        ids = torch.randint(1, 96, (3, 20), generator=torch.Generator().manual_seed(1))
-        masked = torch.rand(ids.shape, generator=torch.Generator().manual_seed(2)) < 0.5
-        output = model(ids.masked_fill(masked, 96), labels=ids.masked_fill(~masked, -100),
-                       loss_weights=torch.full(ids.shape, 2.0), num_items_in_batch=ids.numel())
-        output.loss.backward()
-        with torch.no_grad():  # the evaluation path (forward kernel only)
-            scored = model(ids.masked_fill(masked, 96), labels=ids.masked_fill(~masked, -100))
-        results[implementation] = (output.loss.detach(), output.token_predictions, scored.token_losses,
-                                   {n: p.grad for n, p in model.named_parameters()})
-    assert len(launches) == 2  # the "triton" model's training and evaluation calls ran the kernels
-    assert tiles_run == {(64, 128), (32, 64), (64, 128, 2), (32, 64, 2)}, tiles_run
-    (loss_c, pred_c, eval_c, grads_c), (loss_t, pred_t, eval_t, grads_t) = results["chunked"], results["triton"]
-    torch.testing.assert_close(loss_t, loss_c, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(eval_t, eval_c, atol=1e-5, rtol=1e-5)
-    assert torch.equal(pred_t, pred_c)
-    for name in grads_c:
-        torch.testing.assert_close(grads_t[name], grads_c[name], atol=1e-5, rtol=1e-4, msg=name)
+    for hidden in (32, 288):
+        results = {}
+        for implementation in ("chunked", "triton"):
+            torch.manual_seed(0)
+            config = TDLMConfig(vocab_size=97, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=2 * hidden, max_position_embeddings=64, mask_token_id=96,
+                                pad_token_id=0, bos_token_id=0, eos_token_id=0, head_implementation=implementation)
+            model = TDLMForMaskedDiffusion(config)
+            ids = torch.randint(1, 96, (3, 20), generator=torch.Generator().manual_seed(1))
+            masked = torch.rand(ids.shape, generator=torch.Generator().manual_seed(2)) < 0.5
+            output = model(ids.masked_fill(masked, 96), labels=ids.masked_fill(~masked, -100),
+                           loss_weights=torch.full(ids.shape, 2.0), num_items_in_batch=ids.numel())
+            output.loss.backward()
+            with torch.no_grad():  # the evaluation path (forward kernel only)
+                scored = model(ids.masked_fill(masked, 96), labels=ids.masked_fill(~masked, -100))
+            results[implementation] = (output.loss.detach(), output.token_predictions, scored.token_losses,
+                                       {n: p.grad for n, p in model.named_parameters()})
+        (loss_c, pred_c, eval_c, grads_c), (loss_t, pred_t, eval_t, grads_t) = results["chunked"], results["triton"]
+        torch.testing.assert_close(loss_t, loss_c, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(eval_t, eval_c, atol=1e-5, rtol=1e-5)
+        assert torch.equal(pred_t, pred_c)
+        for name in grads_c:
+            torch.testing.assert_close(grads_t[name], grads_c[name], atol=1e-5, rtol=1e-4, msg=f"{name} at {hidden}")
+    assert len(launches) == 4  # the "triton" models' training and evaluation calls ran the kernels
+    assert tiles_run == {("_forward_kernel", 32, 64, 64), ("_grad_logits_kernel", 32, 64, 64),
+                         ("_grad_rows_kernel", 64, 128), ("_grad_rows_kernel", 32, 64),
+                         ("_grad_weight_kernel", 64, 128, 2), ("_grad_weight_kernel", 32, 64, 2)}, tiles_run
     print("interpreted checks passed")
 """)
 
@@ -182,25 +203,39 @@ def test_triton_head_without_triton_warns_and_runs_chunked(monkeypatch):
 
     with pytest.warns(UserWarning, match="needs the `triton` package"):
         assert fused_cross_entropy.triton_head_applies(cuda_rows(16)) is False
-    assert fused_cross_entropy.triton_head_applies(cuda_rows(512)) is False  # above TRITON_MAX_HIDDEN: no warning
+    monkeypatch.undo()
+    if fused_cross_entropy.triton is not None:  # with Triton, CUDA rows of any width run the kernels
+        assert fused_cross_entropy.triton_head_applies(cuda_rows(2048)) is True
 
 
 def test_autotune_candidates_fit_on_chip_for_wide_hidden_sizes():
-    """Hidden sizes 129-256 keep only [32, 64] tiles (the [BLOCK, hidden] operands and fp32 logits tile must stay on
-    chip); up to 128 every candidate is tried, the hand-picked shape first."""
+    """Fused backward at hidden sizes 129-256 keeps only [32, 64] tiles (the [BLOCK, hidden] operands and fp32 logits
+    tile must stay on chip); up to 128 every candidate is tried, the hand-picked shape first."""
     pytest.importorskip("triton")
     for tiles in (fused_cross_entropy._ROW_BLOCK_TILES, fused_cross_entropy._VOCAB_BLOCK_TILES):
-        configs = fused_cross_entropy._configs(tiles)
+        configs = fused_cross_entropy._configs(tiles, ("BLOCK_M", "BLOCK_V"))
         assert fused_cross_entropy._fits_on_chip(configs, {}, BLOCK_D=128) == configs
         wide = fused_cross_entropy._fits_on_chip(configs, {}, BLOCK_D=256)
         assert wide and all((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_V"]) == (32, 64) for c in wide)
         assert (configs[0].kwargs["BLOCK_M"], configs[0].kwargs["BLOCK_V"]) == (64, 128)
 
 
+def test_logits_kernels_cap_their_k_slice_at_the_hidden_size():
+    """The K-looped kernels try every candidate at wide hidden sizes; at narrow ones a K slice wider than the padded
+    hidden size would only load padding, so it is capped."""
+    pytest.importorskip("triton")
+    configs = fused_cross_entropy._configs(fused_cross_entropy._LOGITS_TILES, ("BLOCK_M", "BLOCK_V", "BLOCK_K"))
+    assert fused_cross_entropy._k_tile_within_hidden(configs, {}, hidden_size=2048) == configs
+    narrow = fused_cross_entropy._k_tile_within_hidden(configs, {}, hidden_size=24)
+    assert {c.kwargs["BLOCK_K"] for c in narrow} == {32} and len(narrow) == len(configs)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a CUDA GPU; "
                     "scripts/gpu_checks.sh runs this first, the interpreter test above covers the same code on CPU")
-def test_compiled_triton_kernels_match_the_chunked_head_on_cuda():
-    """The kernels as compiled for the GPU (not interpreted) at the real 7M head shape, fp32 and bf16 autocast."""
+@pytest.mark.parametrize("hidden", [128, 768, 2048])
+def test_compiled_triton_kernels_match_the_chunked_head_on_cuda(hidden):
+    """The kernels as compiled for the GPU (not interpreted) at the real head shape (vocabulary 50,258), fp32 and bf16
+    autocast: width 128 runs the fused backward, 768 and 2048 the logits-gradient one."""
     pytest.importorskip("triton")
 
     def run(implementation, rows, weight, targets, coefficients, dtype):
@@ -215,8 +250,8 @@ def test_compiled_triton_kernels_match_the_chunked_head_on_cuda():
         return float((a - b).norm() / b.norm())
 
     generator = torch.Generator("cuda").manual_seed(0)
-    rows = torch.randn(4100, 128, device="cuda", generator=generator)  # not a multiple of the row tile
-    weight = torch.randn(50258, 128, device="cuda", generator=generator) * 0.05
+    rows = torch.randn(4100, hidden, device="cuda", generator=generator)  # not a multiple of the row tile
+    weight = torch.randn(50258, hidden, device="cuda", generator=generator) * 0.6 / hidden ** 0.5
     targets = torch.randint(0, 50257, (4100,), device="cuda", generator=generator)
     coefficients = torch.rand(4100, device="cuda", generator=generator) / 4100
     # fp32 (ieee dot products): only the summation order differs
