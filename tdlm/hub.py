@@ -8,18 +8,16 @@ The token comes from the usual huggingface_hub places (`token=`, `HF_TOKEN`, `hu
 this module never prints or logs it.
 """
 
-import json
 import logging
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCardData
+from huggingface_hub import CommitOperationAdd, HfApi
 
+from .model_card import LICENSE, model_card
 from .peft_utils import merge_adapter
-from .runs import Experiment, experiment_of, model_folder, read_json
+from .runs import experiment_of, model_folder, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -33,159 +31,7 @@ MODEL_FILE_PATTERNS = (
 REMOTE_CODE_FILES = ("configuration_tdlm.py", "modeling_tdlm.py", "generation_tdlm.py", "schedules.py",
                      "fused_cross_entropy.py")
 REQUIRED_FILES = ("config.json", "tokenizer_config.json") + REMOTE_CODE_FILES
-DEFAULT_LICENSE = "apache-2.0"
-# keys of the training config never written to a model card (credentials)
-_SECRET_KEY = re.compile(r"token|secret|password|api_key|apikey", re.IGNORECASE)
-
-
-# ---------------------------------------------------------------------------------------------
-# Model card
-# ---------------------------------------------------------------------------------------------
-def training_config_of(experiment: Experiment | None) -> dict | None:
-    """The experiment's resolved config, with credential-like keys removed."""
-    config = experiment.read_raw_config() if experiment is not None else None
-    return _without_secrets(config) if config is not None else None
-
-
-def _without_secrets(value):
-    if isinstance(value, dict):
-        return {k: _without_secrets(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
-    if isinstance(value, list):
-        return [_without_secrets(v) for v in value]
-    return value
-
-
-def datasets_of(training_config: dict | None) -> list[str]:
-    """Hub dataset ids named in the config's `data` section (local files map to nothing)."""
-    data = (training_config or {}).get("data") or {}
-    names = []
-    for key in ("dataset_name", "dataset", "hub_dataset", "name"):
-        value = data.get(key) if isinstance(data, dict) else None
-        if isinstance(value, str) and value and not Path(value).exists():
-            names.append(value)
-    if not names and "wikitext" in json.dumps(data).lower():
-        names.append("Salesforce/wikitext")
-    return list(dict.fromkeys(names))
-
-
-def _flatten(values: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            flat[name] = value
-    return flat
-
-
-def _results_markdown(results: dict[str, dict]) -> str:
-    if not results:
-        return "No evaluation results were recorded with this checkpoint."
-    sections = []
-    for name, values in results.items():
-        rows = [f"| {k} | {_format_value(v)} |" for k, v in _flatten(values).items()
-                if not str(k).endswith("checkpoint")]
-        sections.append(f"**{name}.json**\n\n| metric | value |\n|---|---|\n" + "\n".join(rows))
-    return "\n\n".join(sections)
-
-
-def _format_value(value):
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return value
-
-
-def usage_snippet(repo_id: str, training_mode: str) -> str:
-    """Copy-paste Python for loading and sampling the published model."""
-    if training_mode == "diffusion":
-        return f'''```python
-import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
-model = AutoModelForMaskedLM.from_pretrained("{repo_id}", trust_remote_code=True).eval()
-
-# continue a prompt: 32 masked positions are filled in by iterative unmasking
-prompt = tokenizer("The history of the city", return_tensors="pt")
-out = model.diffusion_generate(**prompt, max_new_tokens=32, num_steps=32)
-print(tokenizer.decode(out[0], skip_special_tokens=True))
-
-# unconditional samples; sampling options default to generation_config.json
-out = model.diffusion_generate(max_new_tokens=32, num_return_sequences=2, num_steps=16, temperature=1.0,
-                               top_k=50, generator=torch.Generator().manual_seed(0))
-print(tokenizer.batch_decode(out, skip_special_tokens=True))
-```
-
-Options of `diffusion_generate`: `num_steps`, `step_schedule` ("cosine", "linear"), `remasking`
-("low_confidence", "margin", "entropy", "random"), `temperature`, `top_k`, `top_p`, `block_length`,
-`confidence_threshold`, `stop_at_eos`. Infilling: put `tokenizer.mask_token_id` wherever text is wanted.'''
-    return f'''```python
-from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
-model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True).eval()
-prompt = tokenizer("The history of the city", return_tensors="pt")
-out = model.generate(**prompt, max_new_tokens=32, do_sample=True, top_p=0.9)
-print(tokenizer.decode(out[0], skip_special_tokens=True))
-
-# or through a pipeline
-generator = pipeline("text-generation", model="{repo_id}", trust_remote_code=True)
-print(generator("The history of the city", max_new_tokens=32)[0]["generated_text"])
-```'''
-
-
-def model_card(checkpoint, repo_id: str | None = None, license: str = DEFAULT_LICENSE,
-               experiment_dir=None, base_model: str | None = None) -> str:
-    """README.md for a checkpoint folder: YAML metadata, model description, usage, training config
-    and the experiment's evaluation results (`experiment_dir` defaults to the experiment holding the
-    checkpoint). `base_model`: the model a merged LoRA fine-tune started from."""
-    checkpoint = Path(checkpoint)
-    config = read_json(checkpoint / "config.json")
-    mode = config.get("training_mode", "diffusion")
-    experiment = Experiment(experiment_dir) if experiment_dir is not None else experiment_of(checkpoint)
-    training_config = training_config_of(experiment)
-    results = experiment.read_results() if experiment is not None else {}
-    repo_id = repo_id or checkpoint.resolve().name
-    datasets = datasets_of(training_config)
-    metadata = ModelCardData(
-        library_name="transformers", license=license, pipeline_tag="text-generation",
-        tags=["tdlm", mode, "masked-diffusion", "text-generation"], datasets=datasets or None,
-        # the Hub validates base_model against its repositories: only a Hub id goes in the metadata
-        base_model=base_model if base_model and not Path(base_model).exists() else None,
-    )
-    num_parameters = results.get("summary", {}).get("num_parameters")
-    objective = ("a masked (absorbing-state) discrete diffusion language model: bidirectional attention, "
-                 "trained on the weighted masked-token ELBO, sampled by iterative unmasking"
-                 if mode == "diffusion" else
-                 "the autoregressive baseline of TDLM: the same backbone with causal attention, trained on "
-                 "next-token prediction, sampled with the standard `generate()`")
-    shape = ", ".join(f"{key} {config[key]}" for key in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                                         "num_attention_heads", "intermediate_size",
-                                                         "max_position_embeddings") if key in config)
-    config_block = (f"```yaml\n{yaml.safe_dump(training_config, sort_keys=False).rstrip()}\n```"
-                    if training_config else "The training configuration was not saved with this checkpoint.")
-    lines = [
-        "---", metadata.to_yaml(), "---", "",
-        f"# {repo_id.split('/')[-1]}", "",
-        f"A TDLM (tiny diffusion language model) checkpoint, {objective}.",
-        "The architecture is Llama-style (RoPE, SwiGLU, RMSNorm, tied embeddings) and ships as remote code: "
-        "load it with `trust_remote_code=True`; no extra package is needed.", "",
-        f"- training mode: `{mode}`",
-        f"- shape: {shape}",
-    ]
-    if num_parameters:
-        lines.append(f"- parameters: {num_parameters:,}")
-    if mode == "diffusion":
-        lines.append(f"- noise schedule: `{config.get('noise_schedule')}`, mask token id {config.get('mask_token_id')}")
-    if datasets:
-        lines.append(f"- training data: {', '.join(datasets)}")
-    if base_model:
-        lines.append(f"- LoRA fine-tune of `{base_model}`, adapter merged into the weights")
-    lines += ["", "## Usage", "", usage_snippet(repo_id, mode), "",
-              "## Evaluation results", "", _results_markdown(results), "",
-              "## Training configuration", "", config_block, ""]
-    return "\n".join(lines)
+DEFAULT_LICENSE = LICENSE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +66,7 @@ def prepare_hub_folder(path, output_dir, repo_id: str | None = None, license: st
             shutil.copy2(file, output_dir / file.name)
         card = model_card(checkpoint, repo_id=repo_id, license=license, experiment_dir=experiment and experiment.root,
                           base_model=base_model)
-    (output_dir / "README.md").write_text(card)
+    card.save(output_dir / "README.md")
     return output_dir
 
 

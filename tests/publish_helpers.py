@@ -50,8 +50,10 @@ def make_experiment(root: Path, mode: str = "diffusion", steps=(10, 20)) -> Path
           training_mode: {mode}
           hidden_size: 32
         data:
-          dataset_name: Salesforce/wikitext
-          dataset_config: wikitext-2-raw-v1
+          train_files: {TOKENIZER_DIR.parent / "wikitext-2-raw" / "wiki.valid.raw"}
+          eval_files: ../shared/data/wikitext-2-raw/wiki.test.raw
+        peft:
+          base_model: {root / "some_base_experiment"}
         training:
           learning_rate: 0.0003
           hub_token: hf_secret_in_config
@@ -69,6 +71,12 @@ def make_experiment(root: Path, mode: str = "diffusion", steps=(10, 20)) -> Path
                "num_parameters": 1_640_000}
     (experiment / "results" / "summary.json").write_text(json.dumps(summary))
     (experiment / "results" / "hellaswag.json").write_text(json.dumps({"acc": 0.2567, "acc_stderr": 0.0044}))
+    (experiment / "results" / "evaluate.json").write_text(json.dumps({  # what tdlm-evaluate --output writes
+        "checkpoint": str(experiment / "checkpoints" / f"checkpoint-{steps[0]}"),
+        "likelihood": {"nelbo" if mode == "diffusion" else "nll": 4.4, "eval_data": "../shared/data/x.raw"},
+        "downstream": {"arc_easy": {"acc": 0.31, "acc_norm": 0.3, "num_docs": 100}}}))
+    (experiment / "results" / "lm_eval.json").write_text(json.dumps({  # what tdlm-lm-eval --output_path writes
+        "results": {"tdlm_mmlu_anatomy": {"alias": "x", "acc,none": 0.25, "acc_stderr,none": 0.04}}}))
     return experiment
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import CommitOperationAdd, HfApi
-
 from publish_helpers import REPO_ROOT, make_experiment, run_without_tdlm, save_checkpoint
+
 from tdlm import hub
 from tdlm.runs import model_folder
 
@@ -85,25 +85,43 @@ def test_incomplete_checkpoint_is_refused_naming_the_missing_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Model card
 # ---------------------------------------------------------------------------------------------
-def test_model_card_has_metadata_results_config_and_usage_without_secrets(tmp_path):
+def test_model_card_parses_with_huggingface_hub_and_has_no_secrets_or_local_paths(tmp_path):
+    from huggingface_hub import ModelCard, metadata_load
+
     experiment = make_experiment(tmp_path, mode="diffusion")
-    folder = hub.prepare_hub_folder(experiment, tmp_path / "upload", repo_id="someone/tdlm-tiny", license="mit")
-    metadata, text = read_card_metadata(folder / "README.md")
-    assert metadata["library_name"] == "transformers"
-    assert metadata["license"] == "mit"
-    assert metadata["tags"] == ["tdlm", "diffusion", "masked-diffusion", "text-generation"]
-    assert metadata["datasets"] == ["Salesforce/wikitext"]
-    assert "| best_eval_loss | 4.321 |" in text and "| acc | 0.2567 |" in text  # summary.json, hellaswag.json
-    assert "learning_rate: 0.0003" in text
+    folder = hub.prepare_hub_folder(experiment, tmp_path / "upload", repo_id="someone/tdlm-tiny")
+    card = ModelCard.load(folder / "README.md")
+    data = card.data
+    assert (data.license, data.pipeline_tag, data.library_name) == ("mit", "fill-mask", "transformers")
+    assert data.datasets == ["Salesforce/wikitext"] and data.model_name == "tdlm-tiny"
+    scores = {(r.task_name, r.metric_type): r for r in data.eval_results}  # the model-index, parsed back
+    held_out = scores[("held-out likelihood", "nelbo")]
+    assert held_out.metric_value == 4.4  # tdlm-evaluate's result overrides summary.json's best_eval_loss
+    assert (held_out.dataset_type, held_out.dataset_config, held_out.dataset_split) == (
+        "Salesforce/wikitext", "wikitext-2-raw-v1", "test")
+    assert scores[("hellaswag", "acc")].metric_value == 0.2567 and scores[("hellaswag", "acc")].dataset_type == (
+        "Rowan/hellaswag")
+    assert scores[("arc_easy", "acc_norm")].metric_value == 0.3  # from tdlm-evaluate's downstream section
+    assert scores[("mmlu_anatomy", "acc")].dataset_config == "anatomy"  # from lm-eval's results file
+    assert metadata_load(folder / "README.md")["model-index"][0]["name"] == "tdlm-tiny"
+
+    text = card.text
+    assert "split `validation`, license `cc-by-sa-3.0`" in text  # training data: WikiText-2 valid (offline split)
+    for section in ("## Intended use", "## Limitations", "upper bound", "## How to sample", "sahoo2024mdlm",
+                    "nie2025llada", "prabhudesai2025diffusion", 'pipeline("fill-mask"', "learning_rate: 0.0003"):
+        assert section in text, section
     assert 'AutoModelForMaskedLM.from_pretrained("someone/tdlm-tiny", trust_remote_code=True)' in text
-    assert "diffusion_generate(" in text
-    assert "secret_in_config" not in text and "hub_token" not in text and "api_key" not in text
+    full = (folder / "README.md").read_text()
+    assert "secret_in_config" not in full and "hub_token" not in full and "api_key" not in full
+    assert str(tmp_path) not in full and "../" not in full and "/shared/" not in full  # no local paths
+    assert "train_files: wiki.valid.raw" in full
 
     ar_card = hub.model_card(make_experiment(tmp_path / "ar", mode="autoregressive") / "checkpoints" / "checkpoint-10",
                              repo_id="someone/tdlm-ar")
-    assert "- autoregressive" in ar_card
-    assert 'AutoModelForCausalLM.from_pretrained("someone/tdlm-ar", trust_remote_code=True)' in ar_card
-    assert 'pipeline("text-generation"' in ar_card
+    assert ar_card.data.pipeline_tag == "text-generation" and "autoregressive" in ar_card.data.tags
+    assert {(r.task_name, r.metric_type) for r in ar_card.data.eval_results} >= {("held-out likelihood", "nll")}
+    assert 'AutoModelForCausalLM.from_pretrained("someone/tdlm-ar", trust_remote_code=True)' in ar_card.text
+    assert 'pipeline("text-generation"' in ar_card.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,8 +151,9 @@ def test_push_diffusion_experiment_uploads_a_loadable_model(tmp_path, fake_hub):
     assert read_card_metadata(uploaded / "README.md")[0]["tags"][1] == "diffusion"
 
     # the original model's greedy sample, to compare with the reloaded one
-    import tdlm
     from transformers import AutoTokenizer
+
+    import tdlm
 
     original = tdlm.TDLMForMaskedDiffusion.from_pretrained(checkpoint).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
@@ -234,8 +253,8 @@ def test_push_of_a_lora_checkpoint_publishes_the_merged_model(tmp_path, fake_hub
     uploaded = fake_hub["root"] / "someone" / "tdlm-lora" / "main"
     assert {p.name for p in uploaded.iterdir()} == EXPECTED_FILES
     metadata, text = read_card_metadata(uploaded / "README.md")
-    assert "base_model" not in metadata  # a local base is named in the text only
-    assert "LoRA fine-tune of" in text and "| best_eval_loss | 4.321 |" in text
+    assert "base_model" not in metadata  # a local base is not named at all: no local paths in the card
+    assert "LoRA fine-tune of a local TDLM checkpoint" in text and str(tmp_path) not in text
 
     import tdlm
 

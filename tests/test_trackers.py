@@ -4,12 +4,12 @@ mixed precision that ran (here chosen by accelerate's environment) is what the s
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_trainer import corpus, tiny_config  # noqa: F401  (corpus: a fixture)
 
 from tdlm.config import ConfigError
 from tdlm.runs import Experiment
 from tdlm.training import run_training
 from tdlm.training.build import trackers
-from test_trainer import corpus, tiny_config  # noqa: F401  (corpus: a fixture)
 
 
 def test_report_to_takes_trackers_and_keeps_the_wandb_switch(corpus):  # noqa: F811

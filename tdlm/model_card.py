@@ -1,0 +1,291 @@
+"""The model card (README.md) of a published TDLM checkpoint, built with huggingface_hub's ModelCard.
+
+Metadata: license (the code's, MIT), pipeline tag per objective (fill-mask for diffusion, which the masked-LM head
+serves; text-generation for AR), training data sets, and a `model-index` of `EvalResult`s: the held-out NELBO (an
+upper bound on the NLL) or exact NLL, and every downstream score found in the experiment's results/. Body: what
+the model is, intended use, limitations, how to sample, results, the training config and the method papers.
+Nothing in the card names a local path: the config dump keeps only file names.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .runs import Experiment, experiment_of, read_json
+
+LICENSE = "mit"  # the license of this code base (setup.cfg), under which the weights are trained and released
+PIPELINE_TAGS = {"diffusion": "fill-mask", "autoregressive": "text-generation"}
+_SECRET_KEY = re.compile(r"token|secret|password|api_key|apikey", re.IGNORECASE)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    hub_id: str  # a Hub data set id, or the file names of local data
+    config: str | None = None
+    split: str | None = None
+    license: str | None = None
+
+    def describe(self) -> str:
+        parts = [f"`{self.hub_id}`"] + [f"{k} `{v}`" for k, v in (("config", self.config), ("split", self.split),
+                                                                   ("license", self.license)) if v]
+        return ", ".join(parts)
+
+
+WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1")
+# local copies of Hub data sets (../shared/data) -> what they are; licenses of the Hub data sets used here
+KNOWN_FILES = {"wiki.train.raw": (*WIKITEXT, "train"), "wiki.valid.raw": (*WIKITEXT, "validation"),
+               "wiki.test.raw": (*WIKITEXT, "test")}
+DATASET_LICENSES = {"Salesforce/wikitext": "cc-by-sa-3.0"}
+# downstream task -> (Hub data set, its name, config, split) of the local copies the tasks read
+TASK_DATASETS = {
+    "hellaswag": ("Rowan/hellaswag", "HellaSwag", None, "validation"),
+    "mmlu": ("cais/mmlu", "MMLU", "all", "test"),
+    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "ARC-Easy", "test"),
+    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "ARC-Challenge", "test"),
+    "piqa": ("ybisk/piqa", "PIQA", None, "validation"),
+    "boolq": ("google/boolq", "BoolQ", None, "validation"),
+    "lambada": ("EleutherAI/lambada_openai", "LAMBADA (OpenAI)", "default", "test"),
+}
+CITATIONS = """```bibtex
+@inproceedings{sahoo2024mdlm,
+  title={Simple and Effective Masked Diffusion Language Models},
+  author={Sahoo, Subham Sekhar and Arriola, Marianne and Schiff, Yair and Gokaslan, Aaron and Marroquin, Edgar
+          and Chiu, Justin T. and Rush, Alexander and Kuleshov, Volodymyr},
+  booktitle={Advances in Neural Information Processing Systems},
+  year={2024}
+}
+@article{nie2025llada,
+  title={Large Language Diffusion Models},
+  author={Nie, Shen and Zhu, Fengqi and You, Zebin and Zhang, Xiaolu and Ou, Jingyang and Hu, Jun and Zhou, Jun
+          and Lin, Yankai and Wen, Ji-Rong and Li, Chongxuan},
+  journal={arXiv preprint arXiv:2502.09992},
+  year={2025}
+}
+@article{prabhudesai2025diffusion,
+  title={Diffusion Beats Autoregressive in Data-Constrained Settings},
+  author={Prabhudesai, Mihir and Wu, Mengning and Zadeh, Amir and Fragkiadaki, Katerina and Pathak, Deepak},
+  journal={arXiv preprint arXiv:2507.15857},
+  year={2025}
+}
+```"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Training config without secrets or local paths
+# ---------------------------------------------------------------------------------------------
+def is_local_path(value: str) -> bool:
+    """A string naming this machine's files (not a Hub id such as `Salesforce/wikitext`)."""
+    return Path(value).exists() or value.startswith(("/", ".", "~")) or value.count("/") > 1
+
+
+def public_config(value):
+    """The config with credential-like keys dropped and local paths reduced to their file names."""
+    if isinstance(value, dict):
+        return {k: public_config(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+    if isinstance(value, list):
+        return [public_config(v) for v in value]
+    if isinstance(value, str) and is_local_path(value):
+        return Path(value).name
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sets
+# ---------------------------------------------------------------------------------------------
+def _as_list(value) -> list:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def data_source(data: dict, role: str) -> DataSource | None:
+    """Where the `train` or `eval` data of a config's data section came from."""
+    for name in _as_list(data.get(f"{role}_files")):
+        if Path(name).name in KNOWN_FILES:
+            hub_id, config, split = KNOWN_FILES[Path(name).name]
+            return DataSource(hub_id, config, split, DATASET_LICENSES.get(hub_id))
+    if data.get(f"{role}_files"):
+        return DataSource(", ".join(Path(name).name for name in _as_list(data[f"{role}_files"])))
+    if data.get("hub_dataset"):
+        split = data.get(f"{role}_split")
+        return DataSource(data["hub_dataset"], data.get("hub_config"), split, DATASET_LICENSES.get(data["hub_dataset"]))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation results -> model-index
+# ---------------------------------------------------------------------------------------------
+def _task_scores(result: dict, stem: str) -> dict[str, dict]:
+    """{task: {metric: value}} of one results file: ours (`downstream`), lm-eval's (`results`, "acc,none"
+    keys, tdlm_ task prefix) or a bare per-task file (<task>.json with acc / acc_norm)."""
+    if isinstance(result.get("downstream"), dict):
+        return result["downstream"]
+    if isinstance(result.get("results"), dict):
+        return {task.removeprefix("tdlm_"): {key.split(",")[0]: value for key, value in metrics.items()
+                                             if "," in key and "stderr" not in key}
+                for task, metrics in result["results"].items()}
+    return {stem: result} if "acc" in result else {}
+
+
+def _task_dataset(task: str) -> tuple[str, str, str | None, str | None]:
+    family = task.split("_5shot")[0] if task.startswith("mmlu") else task
+    if family.startswith("mmlu_"):  # one MMLU subject: that config of cais/mmlu
+        return "cais/mmlu", f"MMLU {family.removeprefix('mmlu_')}", family.removeprefix("mmlu_"), "test"
+    return TASK_DATASETS.get(family, (task, task, None, None))
+
+
+def _held_out(result: dict, mode: str) -> float | None:
+    """The held-out loss per token in a results file: summary's best_eval_loss, an eval run's eval_loss, or
+    tdlm-evaluate's likelihood section."""
+    likelihood = result.get("likelihood") or {}
+    for value in (likelihood.get("nelbo" if mode == "diffusion" else "nll"), result.get("eval_loss"),
+                  result.get("best_eval_loss")):
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+def eval_results(results: dict[str, dict], mode: str, eval_data: DataSource | None) -> list[EvalResult]:
+    """One EvalResult per (data set, metric) found in results/ (later files override summary.json)."""
+    task_type = PIPELINE_TAGS[mode]
+    found: dict[tuple, EvalResult] = {}
+    for stem, result in results.items():
+        loss = _held_out(result, mode)
+        if loss is not None and eval_data is not None:
+            metric = ("nelbo", "held-out NELBO (nats/token, upper bound on the NLL)") if mode == "diffusion" else (
+                "nll", "held-out NLL (nats/token)")
+            found[("held-out", metric[0])] = EvalResult(
+                task_type=task_type, task_name="held-out likelihood", dataset_type=eval_data.hub_id,
+                dataset_name=eval_data.hub_id, dataset_config=eval_data.config, dataset_split=eval_data.split,
+                metric_type=metric[0], metric_name=metric[1], metric_value=round(loss, 4))
+        for task, scores in _task_scores(result, stem).items():
+            hub_id, name, config, split = _task_dataset(task)
+            for metric in ("acc", "acc_norm", "perplexity"):
+                if isinstance(scores.get(metric), (int, float)):
+                    found[(task, metric)] = EvalResult(
+                        task_type=task_type, task_name=task, dataset_type=hub_id, dataset_name=name,
+                        dataset_config=config, dataset_split=split, metric_type=metric, metric_name=metric,
+                        metric_value=round(float(scores[metric]), 4))
+    return list(found.values())
+
+
+def _results_table(results: list[EvalResult]) -> str:
+    if not results:
+        return "No evaluation results were recorded with this checkpoint."
+    rows = [f"| {r.task_name} | {r.dataset_name} ({r.dataset_split or 'n/a'}) | {r.metric_name} | {r.metric_value} |"
+            for r in results]
+    return "| task | data set (split) | metric | value |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
+def usage_snippet(repo_id: str, training_mode: str) -> str:
+    """Copy-paste Python for loading and sampling the published model."""
+    if training_mode == "diffusion":
+        return f'''```python
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModelForMaskedLM.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+
+# continue a prompt: 32 masked positions are filled in by iterative unmasking
+prompt = tokenizer("The history of the city", return_tensors="pt")
+out = model.diffusion_generate(**prompt, max_new_tokens=32, num_steps=32)
+print(tokenizer.decode(out[0], skip_special_tokens=True))
+
+# unconditional samples; sampling options default to generation_config.json
+out = model.diffusion_generate(max_new_tokens=32, num_return_sequences=2, num_steps=16, temperature=1.0,
+                               top_k=50, generator=torch.Generator().manual_seed(0))
+print(tokenizer.batch_decode(out, skip_special_tokens=True))
+```
+
+Or score a single masked position: `pipeline("fill-mask", model="{repo_id}", trust_remote_code=True)`.
+Options of `diffusion_generate`: `num_steps`, `step_schedule` ("cosine", "linear"), `remasking`
+("low_confidence", "margin", "entropy", "random"), `temperature`, `top_k`, `top_p`, `block_length`,
+`confidence_threshold`, `stop_at_eos`. Infilling: put `tokenizer.mask_token_id` wherever text is wanted.'''
+    return f'''```python
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+prompt = tokenizer("The history of the city", return_tensors="pt")
+out = model.generate(**prompt, max_new_tokens=32, do_sample=True, top_p=0.9)
+print(tokenizer.decode(out[0], skip_special_tokens=True))
+
+# or through a pipeline
+generator = pipeline("text-generation", model="{repo_id}", trust_remote_code=True)
+print(generator("The history of the city", max_new_tokens=32)[0]["generated_text"])
+```'''
+
+
+INTENDED_USE = """A research artifact: study masked diffusion against autoregression at small scale (likelihood bounds,
+sampling schedules, data-constrained training), teach how a diffusion LM is built, or start a LoRA fine-tune. It is
+not meant for applications: its text is not factual, safe or fluent."""
+LIMITATIONS = """- A tiny model trained on little data: expect incoherent text and near-chance benchmark accuracy.
+- The diffusion model's held-out loss is a Monte-Carlo NELBO, an *upper bound* on its negative log-likelihood (in
+  expectation), so its perplexity bound is not directly an AR perplexity; its multiple-choice scores use LLaDA's
+  Monte-Carlo estimator and carry sampling noise.
+- English Wikipedia-style text only (when trained on WikiText); biases of the source text are kept."""
+
+
+def model_card(checkpoint, repo_id: str | None = None, license: str = LICENSE, experiment_dir=None,
+               base_model: str | None = None) -> ModelCard:
+    """The card of a checkpoint folder (`experiment_dir` defaults to the experiment holding it).
+    `base_model`: what a merged LoRA fine-tune started from (named only when it is a Hub id)."""
+    checkpoint = Path(checkpoint)
+    config = read_json(checkpoint / "config.json")
+    mode = config.get("training_mode", "diffusion")
+    experiment = Experiment(experiment_dir) if experiment_dir is not None else experiment_of(checkpoint)
+    raw_config = experiment.read_raw_config() if experiment is not None else None
+    results = experiment.read_results() if experiment is not None else {}
+    repo_id = repo_id or checkpoint.resolve().name
+    data = (raw_config or {}).get("data") or {}
+    train_data, eval_data = data_source(data, "train"), data_source(data, "eval")
+    hub_base = base_model if base_model and not is_local_path(base_model) else None
+    scores = eval_results(results, mode, eval_data)
+    datasets = sorted({s.hub_id for s in (train_data, eval_data) if s and _HUB_ID.match(s.hub_id)})
+    metadata = ModelCardData(
+        library_name="transformers", license=license, pipeline_tag=PIPELINE_TAGS[mode], language="en",
+        tags=["tdlm", mode, "masked-diffusion" if mode == "diffusion" else "autoregressive-baseline"],
+        datasets=datasets or None, base_model=hub_base, model_name=repo_id.split("/")[-1],
+        eval_results=scores or None)
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(
+        _body(repo_id, mode, config, results.get("summary", {}), train_data, eval_data, base_model, hub_base,
+              scores, raw_config)))
+
+
+def _body(repo_id, mode, config, summary, train_data, eval_data, base_model, hub_base, scores, raw_config):
+    objective = ("a masked (absorbing-state) discrete diffusion language model: bidirectional attention, "
+                 "trained on the weighted masked-token ELBO (MDLM), sampled by iterative unmasking (LLaDA)"
+                 if mode == "diffusion" else
+                 "the autoregressive baseline of TDLM: the same backbone with causal attention, trained on "
+                 "next-token prediction, sampled with the standard `generate()`")
+    shape = ", ".join(f"{key} {config[key]}" for key in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                         "num_attention_heads", "intermediate_size",
+                                                         "max_position_embeddings") if key in config)
+    lines = [f"# {repo_id.split('/')[-1]}", "",
+             f"A TDLM (tiny diffusion language model) checkpoint, {objective}. The architecture is Llama-style "
+             "(RoPE, SwiGLU, RMSNorm, tied embeddings) and ships as remote code: load it with "
+             "`trust_remote_code=True`; no extra package is needed.", "",
+             f"- training mode: `{mode}`", f"- shape: {shape}"]
+    if summary.get("num_parameters"):
+        lines.append(f"- parameters: {summary['num_parameters']:,}")
+    if mode == "diffusion":
+        lines.append(f"- noise schedule: `{config.get('noise_schedule')}`, mask token id {config.get('mask_token_id')}")
+    if summary.get("train_tokens"):
+        lines.append(f"- training tokens: {summary['train_tokens']:,} ({summary.get('epochs') or 0:.2f} epochs)")
+    if train_data:
+        lines.append(f"- training data: {train_data.describe()}")
+    if eval_data:
+        lines.append(f"- held-out data: {eval_data.describe()}")
+    if base_model:
+        lines.append(f"- LoRA fine-tune of {f'`{hub_base}`' if hub_base else 'a local TDLM checkpoint'}, "
+                     "adapter merged into the weights")
+    config_block = (f"```yaml\n{yaml.safe_dump(public_config(raw_config), sort_keys=False).rstrip()}\n```"
+                    if raw_config else "The training configuration was not saved with this checkpoint.")
+    return lines + ["", "## Intended use", "", INTENDED_USE, "", "## Limitations", "", LIMITATIONS, "",
+                    "## How to sample", "", usage_snippet(repo_id, mode), "",
+                    "## Evaluation results", "", _results_table(scores), "",
+                    "## Training configuration", "", config_block, "",
+                    "## Citation", "", "The method this model implements and studies:", "", CITATIONS, ""]
