@@ -14,6 +14,9 @@
   truncation, so our numbers equal lm-eval's `hf` backend); diffusion by LLaDA's Monte-Carlo estimator: the
   number l of masked continuation tokens is stratified over 1..L, weight L/l, `mc_num` draws. The random
   numbers are seeded by (seed, context), so all choices of one question share the same masks (paired).
+* is_greedy (LAMBADA's `acc`): AR, every continuation token is the argmax given the tokens before it; diffusion,
+  LLaDA's `suffix_greedy_prediction`: from the context and L masks, commit one token per step (the argmax at the
+  masked position whose argmax is most probable) and compare the L committed tokens with the continuation.
 """
 
 import logging
@@ -177,13 +180,17 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 def conditional_loglikelihood(model, tokenizer, pairs, mc_num: int = 128, seed: int = 0, batch_size: int = 32,
-                              show_progress: bool = False) -> list[tuple[float, bool]]:
-    """(log p(continuation | context), is_greedy) for each (context, continuation) string pair."""
+                              show_progress: bool = False, check_greedy: bool = True) -> list[tuple[float, bool]]:
+    """(log p(continuation | context), is_greedy) for each (context, continuation) string pair.
+
+    `check_greedy=False` skips the diffusion greedy decode (L model calls per pair; is_greedy is then False): for
+    callers that only rank choices by log-likelihood. The AR check is free and always made."""
     encoded = [encode_pair(tokenizer, context, continuation) for context, continuation in pairs]
     encoded = _fit_continuations(encoded, model.config.max_position_embeddings)
     if model.config.is_diffusion:
         keys = [_context_key(seed, context) for context, _ in pairs]
-        return diffusion_conditional_loglikelihood(model, encoded, keys, mc_num, batch_size, show_progress)
+        return diffusion_conditional_loglikelihood(model, encoded, keys, mc_num, batch_size, show_progress,
+                                                   check_greedy)
     return ar_conditional_loglikelihood(model, encoded, batch_size, show_progress)
 
 
@@ -256,8 +263,9 @@ def llada_masks(key: int, length: int, mc_num: int) -> tuple[torch.BoolTensor, t
 
 @torch.no_grad()
 def diffusion_conditional_loglikelihood(model, encoded, keys, mc_num: int = 128, batch_size: int = 32,
-                                        show_progress: bool = False):
-    """LLaDA estimate of log p(continuation | context): -mean_i (L / l_i) * sum_{masked} CE."""
+                                        show_progress: bool = False, check_greedy: bool = True):
+    """LLaDA estimate of log p(continuation | context): -mean_i (L / l_i) * sum_{masked} CE; is_greedy by
+    `diffusion_greedy_continuation` (False without `check_greedy`)."""
     model.eval()
     mask_id = model.config.mask_token_id
     max_length = model.config.max_position_embeddings
@@ -281,9 +289,22 @@ def diffusion_conditional_loglikelihood(model, encoded, keys, mc_num: int = 128,
             per_row[part] = out.token_losses.double().cpu()
             estimates.append(per_row.sum(-1) * weights[lo:lo + batch_size])
         loglikelihood = -float(torch.cat(estimates).mean())
-        all_masked = sequence.clone().unsqueeze(0)
-        all_masked[0, start:] = mask_id
-        logits = model(input_ids=all_masked.to(model.device)).logits[0, start:].cpu()
-        greedy = bool((logits.argmax(-1) == sequence[start:]).all())
+        greedy = check_greedy and diffusion_greedy_continuation(model, context, len(continuation)) == continuation
         results.append((loglikelihood, greedy))
     return results
+
+
+@torch.no_grad()
+def diffusion_greedy_continuation(model, context: list[int], length: int) -> list[int]:
+    """The `length` tokens LLaDA's `suffix_greedy_prediction` decodes after `context`: starting from all masks, each
+    step takes the argmax at every undecided position and commits only the one whose argmax has the highest
+    probability (ties to the leftmost), so later tokens see the earlier commits."""
+    canvas = torch.tensor([context + [model.config.mask_token_id] * length], device=model.device)
+    undecided = torch.arange(len(context), canvas.shape[1], device=model.device)
+    for _ in range(length):
+        probabilities = model(input_ids=canvas).logits[0, undecided].float().softmax(-1)
+        confidence, tokens = probabilities.max(-1)
+        best = int(confidence.argmax())
+        canvas[0, undecided[best]] = tokens[best]
+        undecided = torch.cat([undecided[:best], undecided[best + 1:]])
+    return canvas[0, len(context):].tolist()

@@ -9,6 +9,8 @@ move to the continuation; an empty context becomes the prefix token) and hands t
 the masks seeded by (seed, context string) so the choices of one context share them. loglikelihood_rolling is the
 exact NLL (AR, lm-eval's rolling windows) or minus the NELBO over max-length blocks (diffusion: a lower bound on
 log p); generate_until uses `generate` (AR) or `diffusion_generate` (diffusion) and cuts at the stop strings.
+is_greedy (LAMBADA's `acc`) follows LLaDA's one-token-per-step decode for diffusion; `check_greedy=False` (LLaDA's
+`is_check_greedy`) skips that decode for runs of multiple-choice tasks only, whose metrics never read it.
 
 `pretrained` may be a LoRA adapter folder (merged into its base on load). Requests longer than the model's
 positions have their context left-truncated as in lm-eval's `hf` backend, with a warning that counts them. Under
@@ -68,7 +70,7 @@ def load_pretrained(pretrained: str, device: str | None = None):
 class TDLMLM(TemplateLM):
     def __init__(self, pretrained: str = None, model=None, tokenizer=None, mc_num: int = 128, seed: int = 0,
                  batch_size: int | str = 32, nelbo_samples: int = 32, max_gen_toks: int = 64, device: str = None,
-                 **kwargs):
+                 check_greedy: bool = True, **kwargs):
         super().__init__()
         # under `accelerate launch` / torchrun each process scores its share of the requests; lm-eval's
         # evaluator gathers them through all_gather / gather_object below
@@ -85,6 +87,9 @@ class TDLMLM(TemplateLM):
         self.mc_num, self.seed, self.nelbo_samples = int(mc_num), int(seed), int(nelbo_samples)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 32
         self.max_gen_toks = int(max_gen_toks)
+        self.check_greedy = bool(check_greedy)  # lm-eval parses model_args "false" / "False" to False
+        if self.model.config.is_diffusion and not self.check_greedy:
+            logger.warning("check_greedy=False: is_greedy is reported False, so a LAMBADA-style acc is 0")
 
     def all_gather(self, tensor):
         return gather(tensor) if self.world_size > 1 else tensor
@@ -128,7 +133,7 @@ class TDLMLM(TemplateLM):
         if self.model.config.is_diffusion:
             keys = [_context_key(self.seed, context) for (context, _), _, _ in requests]
             return diffusion_conditional_loglikelihood(self.model, encoded, keys, self.mc_num, self.batch_size,
-                                                       show_progress=not disable_tqdm)
+                                                       show_progress=not disable_tqdm, check_greedy=self.check_greedy)
         return ar_conditional_loglikelihood(self.model, encoded, self.batch_size, show_progress=not disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):

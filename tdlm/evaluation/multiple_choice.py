@@ -2,7 +2,8 @@
 
 Metrics follow lm-eval: `acc` = argmax of log p(delimiter + choice | context); `acc_norm` = argmax of the
 log-likelihood divided by the choice's length in characters; LAMBADA-style tasks report `acc` (the target is
-the greedy continuation) and `perplexity` = exp(-mean log p(target)).
+the greedy continuation: for diffusion, LLaDA's one-token-per-step decode, see `likelihood`) and
+`perplexity` = exp(-mean log p(target)).
 """
 
 import math
@@ -19,12 +20,13 @@ def score_docs(model, tokenizer, docs, mc_num: int = 128, seed: int = 0, batch_s
         for choice in doc.choices:
             pairs.append((doc.context, doc.delimiter + choice))
             owners.append(index)
+    greedy_task = bool(docs) and docs[0].kind == "loglikelihood"  # only its acc reads is_greedy
     scores = conditional_loglikelihood(model, tokenizer, pairs, mc_num=mc_num, seed=seed, batch_size=batch_size,
-                                       show_progress=show_progress)
+                                       show_progress=show_progress, check_greedy=greedy_task)
     per_doc = [[] for _ in docs]
     for index, score in zip(owners, scores):
         per_doc[index].append(score)
-    if docs and docs[0].kind == "loglikelihood":
+    if greedy_task:
         lls = [d[0][0] for d in per_doc]
         return {"acc": sum(d[0][1] for d in per_doc) / len(docs), "perplexity": math.exp(-sum(lls) / len(lls)),
                 "num_docs": len(docs), "loglikelihoods": lls}
