@@ -1,7 +1,9 @@
-"""Training and sampling throughput of TDLM, AR vs diffusion in one run (see tdlm/research/benchmark.py).
+"""Training and sampling throughput of TDLM, AR vs diffusion in one run (see tdlm/research/benchmark.py); or, with
+--head-grid, the LM head alone against cut-cross-entropy, liger-kernel and torch (tdlm/research/head_benchmark.py).
 
     python scripts/benchmark.py --config configs/example_config.yaml --output results/benchmark.json
     python scripts/benchmark.py --config configs/quick_test.yaml --steps 5 --warmup 2 training.batch_size=8
+    python scripts/benchmark.py --head-grid 32768x128,65536x768,65536x2048 --output results/head_grid.json
 """
 
 import argparse
@@ -9,12 +11,14 @@ import sys
 
 from ..config import load_config
 from ..research.benchmark import compile_variants, format_report, run_benchmark
+from ..research.head_benchmark import HEADS, format_head_grid, parse_shapes, run_head_grid
 from . import entry_point
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiment YAML (model, training precision/compile, data.block_size)")
+    parser.add_argument("--config", help="experiment YAML (model, training precision/compile, data.block_size); "
+                                         "required unless --head-grid")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
@@ -31,10 +35,25 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="sampling repeats (median)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile a few bare-loop steps per head: device busy vs wall time, top kernels")
+    parser.add_argument("--head-grid", default=None,
+                        help="time only the LM head + cross-entropy on these ROWSxHIDDEN shapes, e.g. 65536x768")
+    parser.add_argument("--heads", default=",".join(HEADS), help=f"heads of the grid, from {', '.join(HEADS)}")
+    parser.add_argument("--vocab-size", type=int, default=50258, help="vocabulary of the head grid (GPT-2 + mask)")
     parser.add_argument("--output", default="results/benchmark.json")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
 
+    if args.head_grid:
+        heads = args.heads.split(",")
+        if unknown := sorted(set(heads) - set(HEADS)):
+            parser.error(f"--heads: unknown {unknown}; expected some of {list(HEADS)}")
+        report = run_head_grid(parse_shapes(args.head_grid), args.vocab_size, heads, device=args.device,
+                               repeats=args.repeats, warmup=args.warmup, output=args.output)
+        print(format_head_grid(report))
+        print(f"\nwritten: {args.output}")
+        return
+    if not args.config:
+        parser.error("--config is required (unless --head-grid)")
     config = load_config(args.config, args.overrides)
     sampling = None
     if args.sampling_steps:

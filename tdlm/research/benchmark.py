@@ -122,14 +122,17 @@ def benchmark_trainer(config: dict, tokenizer, mode: str, device: torch.device, 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         trainer.train()
-    result = _summary(timer.times, warmup, t["batch_size"] * length)
+    return _with_utilisation(_summary(timer.times, warmup, t["batch_size"] * length), model.config, mode, device)
+
+
+def _with_utilisation(result: dict, model_config, mode: str, device: torch.device) -> dict:
+    """Adds peak memory (CUDA, since the last reset), model FLOPs per token and MFU (where the peak is known)."""
     if device.type == "cuda":
         result["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    flops = training_flops_per_token(model.config, 0.5 if mode == "diffusion" else 1.0)
-    result["model_flops_per_token"] = flops
+    flops = training_flops_per_token(model_config, 0.5 if mode == "diffusion" else 1.0)
     peak = peak_flops(device)
-    result["mfu"] = result["tokens_per_second"] * flops / peak if peak else None
-    return result
+    return {**result, "model_flops_per_token": flops,
+            "mfu": result["tokens_per_second"] * flops / peak if peak else None}
 
 
 def _loss_fn(model, mode, schedule, generator):
@@ -145,7 +148,7 @@ def _loss_fn(model, mode, schedule, generator):
 
 def _bare_loop(config: dict, tokenizer, mode: str, device: torch.device, num_steps: int):
     """The same model, loss and AdamW in a plain PyTorch loop. Returns (step(i): one synchronised optimizer step on
-    batch i, tokens per step)."""
+    batch i, tokens per step, the model's config)."""
 
     config = _for_mode(config, mode)
     t = config["training"]
@@ -167,19 +170,21 @@ def _bare_loop(config: dict, tokenizer, mode: str, device: torch.device, num_ste
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
-    return step, batch_size * length
+    return step, batch_size * length, model.config
 
 
 def benchmark_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, steps: int, warmup: int) -> dict:
     """Tokens/s of the bare loop: the floor the Trainer path is compared with."""
-    step, tokens_per_step = _bare_loop(config, tokenizer, mode, device, steps + warmup)
+    step, tokens_per_step, model_config = _bare_loop(config, tokenizer, mode, device, steps + warmup)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for index in range(steps + warmup):
         _sync(device)
         start = time.perf_counter()
         step(index)
         times.append(time.perf_counter() - start)
-    return _summary(times, warmup, tokens_per_step)
+    return _with_utilisation(_summary(times, warmup, tokens_per_step), model_config, mode, device)
 
 
 def profile_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, steps: int = 3, warmup: int = 2,
@@ -187,7 +192,7 @@ def profile_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, 
     """Where a bare-loop step's time goes (torch.profiler), per step: wall time, time the device is busy, aten ops
     dispatched by the host, kernels launched, and the `top` ops by their own device time (on CUDA also the `top`
     kernels). On CUDA busy << wall means the step is bound by the host (op dispatch, launches, syncs), not the GPU."""
-    step, _ = _bare_loop(config, tokenizer, mode, device, steps + warmup)
+    step, _, _ = _bare_loop(config, tokenizer, mode, device, steps + warmup)
     for index in range(warmup):
         step(index)
     on_gpu = device.type == "cuda"
