@@ -120,11 +120,18 @@ SCHEMA = {
         "eval_files": (None, (str, list, None)),
         "hub_dataset": (None, (str, None)),  # e.g. Salesforce/wikitext
         "hub_config": (None, (str, None)),  # e.g. wikitext-2-raw-v1
+        "hub_revision": (None, (str, None)),  # a branch, tag or commit of the Hub dataset
+        "streaming": (False, (bool,)),  # read the Hub dataset as it downloads (large corpora)
         "train_split": ("train", (str,)),
-        "eval_split": ("validation", (str,)),
+        "eval_split": ("validation", (str, None)),
+        "prepared": (None, (str, None)),  # a folder written by tdlm-prepare, instead of the sources above
         "text_field": ("text", (str,)),
+        "append_eos": (None, (bool, None)),  # EOS after each document; null: yes, except between text-file lines
+        "eval_fraction": (0.0, (float,)),  # documents held out for evaluation when there is no eval source
+        "split_seed": (0, (int,)),  # which documents eval_fraction holds out
+        "num_proc": (1, (int,)),  # tokenising processes while preparing
         "block_size": (256, (int,)),
-        "cache_dir": (".cache/tdlm", (str,)),
+        "cache_dir": (".cache/tdlm", (str,)),  # prepared token shards, keyed by source, options and tokenizer
     },
     "peft": {
         "enabled": (False, (bool,)),
@@ -321,9 +328,7 @@ def validate_config(config: dict) -> dict:
     block = get("data.block_size")
     if m["max_position_embeddings"] is not None and m["max_position_embeddings"] < block:
         fail("model.max_position_embeddings", f"{m['max_position_embeddings']} is shorter than data.block_size {block}")
-    data = config["data"]
-    if (data["train_files"] is None) == (data["hub_dataset"] is None):
-        fail("data.train_files", "set exactly one of data.train_files or data.hub_dataset")
+    _check_data(config["data"], fail)
     if config["peft"]["enabled"] and config["peft"]["base_model"] is None and m["init_from"] is None:
         fail("peft.base_model", "LoRA needs a pretrained base model folder")
     for dotted in ("model.tokenizer", "model.init_from", "peft.base_model"):
@@ -337,6 +342,21 @@ def _is_missing_local_path(name: str | None) -> bool:
     if name is None or Path(name).expanduser().exists():
         return False
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _check_data(data: dict, fail) -> None:
+    if sum(data[key] is not None for key in ("train_files", "hub_dataset", "prepared")) != 1:
+        fail("data.train_files", "set exactly one of data.train_files, data.hub_dataset or data.prepared")
+    if data["prepared"] is not None and data["eval_files"] is not None:
+        fail("data.eval_files", "a prepared folder brings its own eval split (tdlm-prepare --eval ...)")
+    if not 0.0 <= data["eval_fraction"] < 1.0:
+        fail("data.eval_fraction", f"must lie in [0, 1), got {data['eval_fraction']}")
+    has_eval_source = data["eval_files"] is not None or (data["hub_dataset"] is not None and data["eval_split"])
+    if data["eval_fraction"] and (has_eval_source or data["prepared"] is not None):
+        fail("data.eval_fraction", "holds out training documents only when there is no eval source (unset "
+                                   "data.eval_files / data.eval_split) and nothing is prepared yet")
+    if data["num_proc"] < 1:
+        fail("data.num_proc", f"must be >= 1, got {data['num_proc']}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:

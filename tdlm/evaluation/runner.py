@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 
 from .. import __version__
-from ..data import load_blocks
+from ..data import ShardedBlocks, TokenShards, load_blocks, prepared_folder, read_index
 from ..runs import load_checkpoint
 from .likelihood import ar_nll, diffusion_nelbo, diffusion_ordered_nll
 from .multiple_choice import run_downstream
@@ -29,22 +29,17 @@ def environment_info() -> dict:
 
 def eval_blocks(tokenizer, block_size: int, eval_file=None, data_config: dict | None = None,
                 max_blocks: int | None = None):
-    """Token blocks of an eval text file (.txt/.raw/.jsonl), or of a config's `data` section (eval_files, or
-    hub_dataset + eval_split), tokenized with `tokenizer` by tdlm.data."""
+    """Token blocks of an eval file (any format tdlm.data reads), or the eval split of a config's `data` section
+    (eval_files, hub_dataset + eval_split, eval_fraction or a prepared folder), tokenized with `tokenizer`."""
     if eval_file is not None:
-        source = {"files": [str(eval_file)]}
-    elif data_config and data_config.get("eval_files"):
-        files = data_config["eval_files"]
-        source = {"files": [files] if isinstance(files, str) else list(files),
-                  "text_field": data_config.get("text_field", "text")}
-    elif data_config and data_config.get("hub_dataset") and data_config.get("eval_split"):
-        source = {"hub": data_config["hub_dataset"], "config": data_config.get("hub_config"),
-                  "split": data_config["eval_split"], "text_field": data_config.get("text_field", "text")}
-    else:
-        raise ValueError("no eval data: pass --eval-file or use a config whose data section has eval_files or "
-                         "hub_dataset + eval_split")
-    blocks = load_blocks(source, tokenizer, block_size)
-    return blocks[:max_blocks] if max_blocks is not None else blocks
+        blocks = load_blocks(str(eval_file), tokenizer, block_size)
+        return blocks[:max_blocks] if max_blocks is not None else blocks
+    if data_config:
+        folder = prepared_folder(data_config, tokenizer)
+        if "eval" in read_index(folder)["splits"]:
+            return ShardedBlocks(TokenShards(folder, "eval"), block_size, max_blocks).tensor()
+    raise ValueError("no eval data: pass --eval-file or use a config whose data section has eval_files, "
+                     "hub_dataset + eval_split, eval_fraction, or a prepared folder with an eval split")
 
 
 def _check_counts(**counts) -> None:

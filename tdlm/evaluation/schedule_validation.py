@@ -171,7 +171,7 @@ def held_out_blocks(tokenizer, length: int, num_samples: int, experiment=None, e
         files = ((experiment.read_raw_config() or {}).get("data") or {}).get("eval_files")
         eval_file = files[0] if isinstance(files, list) else files
     eval_file = eval_file or DEFAULT_EVAL_FILE
-    blocks = load_blocks({"files": [str(eval_file)]}, tokenizer, length)
+    blocks = load_blocks(str(eval_file), tokenizer, length)
     if blocks.shape[0] < num_samples:
         raise ValueError(f"{eval_file} has only {blocks.shape[0]} blocks of {length} tokens; asked for {num_samples}")
     # spread the samples over the file rather than taking its first paragraphs

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, set_seed
 
-from ..data import BlockDataset, DataCollatorForTDLM, build_datasets
+from ..data import DataCollatorForTDLM, build_datasets
 from ..evaluation.likelihood import held_out_loss
 from ..runs import Experiment
 from ..training import DiffusionTrainer, build_model, build_tokenizer, training_arguments
@@ -84,7 +84,7 @@ class HeldOutLikelihood(TrainerCallback):
 
 def train_arm(config: dict, tokenizer, train_blocks, eval_blocks, eval_every: int, num_samples: int,
               output_dir: Path) -> dict:
-    """Train one (mode, budget) arm and return its curve."""
+    """Train one (mode, budget) arm on `train_blocks` (a ShardedBlocks prefix) and return its curve."""
 
     set_seed(config["training"]["seed"])
     model = build_model(config, tokenizer)
@@ -93,14 +93,14 @@ def train_arm(config: dict, tokenizer, train_blocks, eval_blocks, eval_every: in
                                  config["training"]["eval_batch_size"] or config["training"]["batch_size"])
     args = training_arguments(config, experiment, report_to="none", disable_tqdm=True,
                               logging_steps=10**9, use_cpu=not torch.cuda.is_available())
-    trainer = DiffusionTrainer(model=model, args=args, train_dataset=BlockDataset(train_blocks),
+    trainer = DiffusionTrainer(model=model, args=args, train_dataset=train_blocks,
                                data_collator=DataCollatorForTDLM(tokenizer.pad_token_id), callbacks=[callback])
     start = time.perf_counter()
     trainer.train()
     runtime = time.perf_counter() - start
     steps = trainer.state.global_step
     return {"points": callback.points, "train_runtime_s": runtime, "global_step": steps,
-            "tokens_per_second": steps * config["training"]["batch_size"] * train_blocks.shape[1] / runtime}
+            "tokens_per_second": steps * config["training"]["batch_size"] * train_blocks.block_size / runtime}
 
 
 def summarize(arms: list[dict]) -> list[dict]:
@@ -188,21 +188,22 @@ def run_study(config: dict, epochs: int, budgets: list[float], eval_every: int, 
     vocab = build_model(config, tokenizer).config.vocab_size
     train, evaluation = build_datasets(config["data"], tokenizer, vocab, max_eval_blocks)
     if evaluation is None:
-        raise ValueError("the study needs held-out data: set data.eval_files or data.eval_split")
+        raise ValueError("the study needs held-out data: set data.eval_files, data.eval_split or data.eval_fraction")
+    eval_blocks = evaluation.tensor()  # small, and scored every few epochs
     settings = {"epochs": epochs, "eval_every": eval_every, "nelbo_samples": num_samples,
-                "eval_tokens": evaluation.blocks.numel(), "block_size": train.blocks.shape[1],
+                "eval_tokens": evaluation.num_tokens, "block_size": train.block_size,
                 "batch_size": config["training"]["batch_size"], "learning_rate": config["training"]["learning_rate"],
                 "ar_regularized": f"dropout {ar_dropout}, weight decay {ar_weight_decay}",
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     arms = []
     for budget in budgets:
-        blocks = train.blocks[: max(1, round(budget * len(train)))]
+        blocks = train.prefix(max(1, round(budget * len(train))))  # a budget is a prefix of the corpus
         for mode in modes:
             variant = mode_config(config, mode, epochs, ar_dropout, ar_weight_decay)
-            print(f"[study] {mode} on {blocks.numel():,} unique tokens for {epochs} epochs", flush=True)
-            curve = train_arm(variant, tokenizer, blocks, evaluation.blocks, eval_every, num_samples,
+            print(f"[study] {mode} on {blocks.num_tokens:,} unique tokens for {epochs} epochs", flush=True)
+            curve = train_arm(variant, tokenizer, blocks, eval_blocks, eval_every, num_samples,
                               output_dir / "runs" / f"{mode}_{int(round(budget * 100))}pct")
-            arms.append({"mode": mode, "budget": budget, "unique_tokens": blocks.numel(), **curve})
+            arms.append({"mode": mode, "budget": budget, "unique_tokens": blocks.num_tokens, **curve})
             # rewritten after every arm: a run stopped early (a GPU time limit) keeps the arms it finished
             summary = summarize(arms)
             result = {"settings": settings, "arms": arms, "summary": summary}
