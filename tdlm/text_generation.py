@@ -5,6 +5,7 @@ autoregressive ones use the stock KV-cached `generate()`.
 """
 
 import torch
+from tqdm.auto import tqdm
 
 DEFAULT_NEW_TOKENS = 64
 
@@ -19,38 +20,48 @@ def fit_new_tokens(model, prompt_lengths) -> int:
     return min(DEFAULT_NEW_TOKENS, limit - longest)
 
 
-def generate_text(model, tokenizer, prompts, max_new_tokens=None, num_samples=1, seed=0, **options) -> list[str]:
+def generate_text(model, tokenizer, prompts, max_new_tokens=None, num_samples=1, seed=0, show_progress=False,
+                  **options) -> list[str]:
     """`num_samples` continuations of every prompt ("" = unconditional), decoded with the prompt;
     `max_new_tokens=None` fits the default to the model (`fit_new_tokens`).
 
+    Each prompt's samples are one batch seeded with `seed`, so a prompt's samples do not depend on the other prompts.
+    `show_progress`: a bar over samples and, for diffusion, one over each batch's sampling steps.
     `options` go to `diffusion_generate` (num_steps, step_schedule, remasking, confidence_threshold,
     block_length, temperature, top_k, top_p, stop_at_eos) or, for AR models, to `generate()`
     (temperature, top_k, top_p; do_sample follows temperature > 0).
     """
-    device = model.device
-    prompts = [p for p in prompts for _ in range(num_samples)]
-    tokenizer.padding_side = "left"
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if not model.config.is_diffusion:
         bos = model.config.bos_token_id if model.config.bos_token_id is not None else model.config.eos_token_id
         encoded = [[bos] + ids for ids in encoded]  # an AR model needs at least one token to condition on
     if max_new_tokens is None:
         max_new_tokens = fit_new_tokens(model, [len(ids) for ids in encoded])
-    if model.config.is_diffusion:
-        generator = torch.Generator(device=device).manual_seed(seed)
-        if all(len(ids) == 0 for ids in encoded):
-            out = model.diffusion_generate(batch_size=len(prompts), max_length=max_new_tokens, generator=generator,
-                                           **options)
-        else:
-            batch = tokenizer.pad({"input_ids": encoded}, return_tensors="pt").to(device)
-            out = model.diffusion_generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
-                                           generator=generator, **options)
-    else:
-        batch = tokenizer.pad({"input_ids": encoded}, return_tensors="pt").to(device)
-        temperature = options.pop("temperature", 0.0) or 0.0
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        torch.manual_seed(seed)
-        ar_options = {k: v for k, v in options.items() if k in ("top_k", "top_p") and v is not None}
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             **sampling, **ar_options)
-    return tokenizer.batch_decode(out, skip_special_tokens=True)
+    texts = []
+    with tqdm(total=len(prompts) * num_samples, desc="samples", unit="sample", disable=not show_progress) as bar:
+        for ids in encoded:
+            sample = _sample_diffusion if model.config.is_diffusion else _sample_autoregressive
+            out = sample(model, tokenizer, ids, num_samples, max_new_tokens, seed, show_progress, dict(options))
+            texts += tokenizer.batch_decode(out, skip_special_tokens=True)
+            bar.update(num_samples)
+    return texts
+
+
+def _sample_diffusion(model, tokenizer, ids, num_samples, max_new_tokens, seed, show_progress, options):
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    options.setdefault("show_progress", show_progress)
+    if not ids:
+        return model.diffusion_generate(batch_size=num_samples, max_length=max_new_tokens, generator=generator,
+                                        **options)
+    input_ids = torch.tensor([ids] * num_samples, device=model.device)
+    return model.diffusion_generate(input_ids, max_new_tokens=max_new_tokens, generator=generator, **options)
+
+
+def _sample_autoregressive(model, tokenizer, ids, num_samples, max_new_tokens, seed, show_progress, options):
+    temperature = options.pop("temperature", 0.0) or 0.0
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    torch.manual_seed(seed)
+    ar_options = {k: v for k, v in options.items() if k in ("top_k", "top_p") and v is not None}
+    input_ids = torch.tensor([ids] * num_samples, device=model.device)
+    return model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling, **ar_options)

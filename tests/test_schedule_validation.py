@@ -53,7 +53,8 @@ def test_validate_schedule_writes_table_json_and_plot(tmp_path, corpus, capsys):
                           "--eval-file", str(corpus), "--output-dir", str(out_dir)])
     report = json.loads((out_dir / "schedule_validation.json").read_text())
     rows = report["results"]
-    assert {(r["step_schedule"], r["num_steps"]) for r in rows} == {(s, k) for s in ("cosine", "linear") for k in (1, 4)}
+    settings = {(r["step_schedule"], r["num_steps"]) for r in rows}
+    assert settings == {(s, k) for s in ("cosine", "linear") for k in (1, 4)}
     for r in rows:
         assert 0.0 <= r["recovered"] <= 1.0 and math.isfinite(r["path_nll"]) and r["path_nll"] > 0
         assert r["masked_tokens"] == 4 * 8
@@ -90,12 +91,16 @@ def test_generate_script_prints_samples_with_the_checkpoints_sampler(tmp_path, c
     generate_script.main(["--model", str(tmp_path / "ckpt"), "--prompt", "The river", "--prompt", "A storm",
                           "--max-new-tokens", "8", "--device", "cpu"]
                          + (["--num-steps", "4", "--cfg-scale", "1.0"] if mode == "diffusion" else []))
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     sampler = "diffusion_generate" if mode == "diffusion" else "generate (KV cache)"
     assert out.count(f"({mode}, {sampler})") == 2
     samples = out.split("---\n")[1:]
     assert samples[0].startswith("The river") and samples[1].startswith("A storm")
     assert all(len(s.strip()) > len("A storm") for s in samples)
+    # progress on stderr: a bar over samples (with ETA), and for diffusion one over each batch's steps
+    assert "samples: 100%" in captured.err and "2/2 [" in captured.err
+    assert ("diffusion sampling" in captured.err) == (mode == "diffusion")
 
 
 def test_generate_script_refuses_diffusion_options_for_ar(tmp_path, corpus):

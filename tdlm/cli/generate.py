@@ -37,6 +37,7 @@ def main(argv=None):
     parser.add_argument("--stop-at-eos", action="store_true")
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (samples; diffusion steps)")
     args = parser.parse_args(argv)
 
     model, tokenizer = load_checkpoint(args.model, args.device)
@@ -50,7 +51,8 @@ def main(argv=None):
         if ignored:
             parser.error(f"{args.model} is an autoregressive checkpoint; {ignored} apply to diffusion models only")
     prompts = args.prompt if args.prompt is not None else [""]
-    texts = generate_text(model, tokenizer, prompts, args.max_new_tokens, args.num_samples, args.seed, **options)
+    texts = generate_text(model, tokenizer, prompts, args.max_new_tokens, args.num_samples, args.seed,
+                          show_progress=not args.quiet, **options)
     sampler = "diffusion_generate" if model.config.is_diffusion else "generate (KV cache)"
     for i, text in enumerate(texts):
         print(f"--- sample {i} ({model.config.training_mode}, {sampler}) ---")
