@@ -12,6 +12,7 @@
 #   COMPILE=false,true,reduce-overhead bash scripts/gpu_checks.sh   # also the compiled backbone without CUDA graphs
 #   RUN_STUDY=0 bash scripts/gpu_checks.sh                          # the kernel check and the benchmark only
 #   RUN_BENCHMARK=0 RUN_STUDY=0 bash scripts/gpu_checks.sh          # the reliability run only (RUN_RELIABILITY=0: none)
+#   RUN_SCALE=0 bash scripts/gpu_checks.sh     # without scripts/gpu_scale_checks.sh (head grid ~3 min, ladder ~8 min)
 # Every setting is an environment variable (defaults below); tests/test_benchmark.py runs this script on CPU with a
 # tiny config. Budget on an H100: the kernel check up to ~2-3 min (it autotunes the kernels for fp32 and bf16), the
 # benchmark ~3 min (each compiled variant compiles per objective), the study ~8-10 min at the defaults (timed with the
@@ -87,14 +88,18 @@ for r in report:
 PY
 fi
 if [ "${RUN_BENCHMARK:-1}" = 1 ]; then
-    # the Triton kernels as compiled for this GPU against the chunked head, fp32 and bf16 (skipped without CUDA)
-    timeout 300 python -m pytest -q -p no:cacheprovider \
+    # the Triton kernels as compiled for this GPU against the chunked head, widths 128 / 768 / 2048, fp32 and bf16
+    # (skipped without CUDA)
+    timeout "${KERNEL_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider \
         tests/test_fused_cross_entropy.py::test_compiled_triton_kernels_match_the_chunked_head_on_cuda 2>&1 \
         | tail -n 15 | tee "$OUT/kernel_check.log"
     # shellcheck disable=SC2086  # BENCH_ARGS and STUDY_OVERRIDES are word lists
     timeout "${BENCH_TIMEOUT:-360}" python scripts/benchmark.py --config "$BENCH_CONFIG" $BENCH_ARGS \
         --head-implementations "$HEADS" --compile "$COMPILE" --output "$OUT/benchmark.json" 2>&1 \
         | grep -v "it/s\]" | tee "$OUT/benchmark.log"
+fi
+if [ "${RUN_SCALE:-1}" = 1 ]; then  # the head grid with the libraries and the size ladder (issue 17), JSON in $OUT
+    SCALE_STAGES=${SCALE_STAGES:-head_grid,ladder} OUT="$OUT" bash scripts/gpu_scale_checks.sh
 fi
 [ "${RUN_STUDY:-1}" = 1 ] || exit 0
 # shellcheck disable=SC2086

@@ -21,6 +21,7 @@ def test_gpu_checks_script_runs_benchmark_and_study_on_cpu(tmp_path):
     assert DATA.exists(), f"{DATA} is missing (the offline data lives in ../shared/data)"
     out, study = tmp_path / "out", tmp_path / "study"
     env = {**os.environ, "OUT": str(out), "STUDY_DIR": str(study), "CUDA_VISIBLE_DEVICES": "", "RUN_RELIABILITY": "0",
+           "RUN_SCALE": "0",  # tests/test_gpu_scale_checks.py runs that stage at its own tiny size
            "BENCH_CONFIG": "configs/quick_test.yaml", "HEADS": "chunked,triton", "COMPILE": "false",
            "BENCH_ARGS": "--steps 2 --warmup 1 --sampling-steps 4 --sampling-batch 2 --sampling-length 16 "
                          "--repeats 1 --profile training.batch_size=8",
