@@ -5,8 +5,9 @@ Every head computes the same thing, the mean cross-entropy of `rows @ weight^T` 
 (the common ground of the libraries: TDLM's per-row weights and mask-token exclusion are checked in
 tests/test_fused_cross_entropy.py). Per head and shape: median time, extra memory (CUDA: peak allocated during the
 call above what existed before, gradients included), and agreement with an fp32 full-logits reference (loss and both
-gradients, relative). The libraries are optional: a head whose package is missing is reported as skipped, with the
-pip command, and one that fails (say, a kernel without a CPU path) as an error; neither stops the grid.
+gradients, relative). The libraries are optional (`pip install -e .[compare]`): a head whose package is missing is
+reported as skipped, with the pip command, and one that fails (say, a kernel without a CPU path) as an error; neither
+stops the grid.
 """
 
 import importlib.metadata
