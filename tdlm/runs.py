@@ -74,6 +74,10 @@ class Experiment:
     def summary_path(self) -> Path:
         return self.results_dir / "summary.json"
 
+    @property
+    def loss_curves_path(self) -> Path:
+        return self.results_dir / "loss_curves.png"
+
     def create(self) -> "Experiment":
         for folder in (self.checkpoints_dir, self.logs_dir, self.configs_dir, self.results_dir):
             folder.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tdlm.research.study import mode_config, parse_budgets, summarize
+from tdlm.runs import Experiment
 
 REPO = Path(__file__).resolve().parents[1]
 WIKI = REPO.parent / "shared" / "data" / "wikitext-2-raw"
@@ -25,9 +26,9 @@ def test_parse_budgets_and_modes():
 
 def test_summary_finds_best_epoch_and_crossover():
     ar = {"budget": 1.0, "unique_tokens": 10, "mode": "ar",
-          "points": [{"epoch": e, "eval_loss": l} for e, l in [(1, 5.0), (2, 4.0), (3, 4.5), (4, 5.0)]]}
+          "points": [{"epoch": e, "eval_loss": v} for e, v in [(1, 5.0), (2, 4.0), (3, 4.5), (4, 5.0)]]}
     dd = {"budget": 1.0, "unique_tokens": 10, "mode": "diffusion",
-          "points": [{"epoch": e, "eval_loss": l} for e, l in [(1, 5.5), (2, 4.6), (3, 4.3), (4, 4.2)]]}
+          "points": [{"epoch": e, "eval_loss": v} for e, v in [(1, 5.5), (2, 4.6), (3, 4.3), (4, 4.2)]]}
     rows = {r["mode"]: r for r in summarize([ar, dd])}
     assert (rows["ar"]["best_epoch"], rows["ar"]["best_eval_loss"]) == (2, 4.0)
     assert rows["diffusion"]["crossover_epoch"] == 3
@@ -55,11 +56,16 @@ def test_cpu_study_runs_and_ar_overfits(tmp_path):
     result = json.loads((out / "study.json").read_text())
     assert (out / "study.png").stat().st_size > 1000
     assert "| mode |" in (out / "study.md").read_text()
-    assert {(a["mode"], a["budget"]) for a in result["arms"]} == {(m, b) for m in ("ar", "diffusion") for b in (0.5, 1.0)}
+    arms = {(a["mode"], a["budget"]) for a in result["arms"]}
+    assert arms == {(m, b) for m in ("ar", "diffusion") for b in (0.5, 1.0)}
     for arm in result["arms"]:
         assert [p["epoch"] for p in arm["points"]] == list(range(4, 41, 4))
+        run = Experiment(out / "runs" / f"{arm['mode']}_{round(arm['budget'] * 100)}pct")
+        logged = [row["eval_loss"] for row in run.read_metrics() if row["split"] == "eval"]
+        assert logged == [p["eval_loss"] for p in arm["points"]] and run.read_config() is not None
         if arm["mode"] == "diffusion":
             assert all(p["standard_error"] > 0 for p in arm["points"])
+    assert not [folder for folder in (out / "runs").rglob("*") if folder.is_dir() and not any(folder.iterdir())]
     # ~1.5k training tokens, 40 epochs, a 300-token vocabulary: AR memorises and its held-out NLL turns up
     for arm in (a for a in result["arms"] if a["mode"] == "ar"):
         losses = [p["eval_loss"] for p in arm["points"]]

@@ -35,3 +35,5 @@ def test_tensorboard_event_files_and_the_precision_that_ran(corpus, tmp_path, mo
     research = {key for row in experiment.read_metrics() for key in row if "/" in key}  # e.g. masked accuracy
     assert research and {f"train/{key}" for key in research} <= set(scalars)
     assert experiment.read_raw_config()["training"]["mixed_precision"] == "bf16"
+    assert experiment.read_summary()["mixed_precision"] == "bf16"  # trainer.args: what ran
+    assert experiment.loss_curves_path.stat().st_size > 1000  # the run's loss curves PNG

@@ -6,9 +6,11 @@ its standard error for diffusion. When the two tokenizers differ, per-token numb
 the table says so.
 """
 
+import math
 from pathlib import Path
 
-from ..runs import Experiment, find_experiment, load_checkpoint, write_json
+from ..runs import find_experiment, load_checkpoint, write_json
+from .plots import plot_eval_curves
 from .runner import evaluate_checkpoint
 from .sampling_speed import sampling_speed
 
@@ -53,13 +55,16 @@ def compare_experiments(dd, ar, experiments_dir="experiments", eval_file=None, t
                                                             "max_blocks": max_blocks}}
 
 
-def _fmt(value, digits=4):
+def _fmt(value) -> str:
+    """The one number format of the table: integers with thousands separators, floats to 4 significant digits
+    (never in exponent notation), None as "-"."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        if abs(value) >= 100:
-            return f"{value:,.1f}"
-        return f"{value:.{digits}g}" if 0 < abs(value) < 1e-3 else f"{value:.{digits}f}"
+        if value == 0 or not math.isfinite(value):
+            return str(value)
+        decimals = max(0, 3 - math.floor(math.log10(abs(value))))
+        return f"{value:,.{decimals}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
@@ -69,9 +74,9 @@ def comparison_rows(comparison: dict) -> list[tuple[str, str, str]]:
     dl, al = dd["likelihood"], ar["likelihood"]
     rows = [("experiment", dd["experiment"], ar["experiment"]),
             ("checkpoint", Path(dd["checkpoint"]).name, Path(ar["checkpoint"]).name),
-            ("eval NLL per token (nats)", f"<= {_fmt(dl['nelbo'])} +- {_fmt(dl['standard_error'], 3)} (NELBO)",
+            ("eval NLL per token (nats)", f"<= {_fmt(dl['nelbo'])} +- {_fmt(dl['standard_error'])} (NELBO)",
              f"{_fmt(al['nll'])} (exact)"),
-            ("perplexity", f"<= {_fmt(dl['perplexity_upper_bound'], 5)}", _fmt(al["perplexity"], 5)),
+            ("perplexity", f"<= {_fmt(dl['perplexity_upper_bound'])}", _fmt(al["perplexity"])),
             ("eval tokens", _fmt(dl["num_tokens"]), _fmt(al["num_tokens"]))]
     tasks = sorted(set(dd.get("downstream", {})) | set(ar.get("downstream", {})))
     for task in tasks:
@@ -82,8 +87,8 @@ def comparison_rows(comparison: dict) -> list[tuple[str, str, str]]:
     rows += [("parameters", _fmt(dd["num_parameters"]), _fmt(ar["num_parameters"])),
              ("training tokens", _fmt(dd["train_tokens"]), _fmt(ar["train_tokens"])),
              ("epochs", _fmt(dd["epochs"]), _fmt(ar["epochs"])),
-             ("sampling tokens/s (batch 1)", _fmt(dd["sampling"]["tokens_per_second"], 5),
-              _fmt(ar["sampling"]["tokens_per_second"], 5)),
+             ("sampling tokens/s (batch 1)", _fmt(dd["sampling"]["tokens_per_second"]),
+              _fmt(ar["sampling"]["tokens_per_second"])),
              ("sampling model calls", _fmt(dd["sampling"]["model_calls"]), _fmt(ar["sampling"]["model_calls"]))]
     return rows
 
@@ -102,34 +107,6 @@ def format_table(comparison: dict, markdown: bool = False) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines) + "\n" + "\n".join(f"note: {n}" for n in notes)
-
-
-def plot_eval_curves(experiment_dirs: dict, path) -> Path:
-    """PNG of eval_loss vs step from each experiment's logs/metrics.jsonl."""
-    import matplotlib  # an optional extra (tdlm[eval])
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for label, folder in experiment_dirs.items():
-        points = [(r["step"], r["eval_loss"]) for r in Experiment(folder).read_metrics()
-                  if r.get("split") == "eval" and r.get("eval_loss") is not None]
-        if points:
-            steps, losses = zip(*sorted(points))
-            axis.plot(steps, losses, marker="o", label=f"{label} ({Path(folder).name})")
-    axis.set_xlabel("step")
-    axis.set_ylabel("eval loss (nats/token; NELBO for diffusion)")
-    axis.set_title("Eval loss during training")
-    axis.grid(alpha=0.3)
-    if axis.lines:
-        axis.legend()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
 
 
 def save_comparison(comparison: dict, output_dir, name: str) -> dict:

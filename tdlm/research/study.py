@@ -7,7 +7,9 @@ on the same held-out blocks:
 - `diffusion`: the NELBO (an upper bound on the NLL) with fixed-seed stratified Monte-Carlo over t and its
   standard error (`evaluation.likelihood.diffusion_nelbo`).
 `ar_regularized` adds dropout and weight decay to AR (Gao et al. 2025 argue regularisation closes part of
-the gap). Results: study.json (every curve point), study.md (summary table) and study.png.
+the gap). Results: study.json (every curve point), study.md (summary table) and study.png. Each arm is a run
+folder, runs/<mode>_<budget>pct (config.yaml, logs/metrics.jsonl, tracker logs), trained with the Trainer's progress
+bar and logging to the configured trackers (training.report_to), its held-out points included.
 """
 
 import copy
@@ -22,6 +24,7 @@ from ..data import DataCollatorForTDLM, build_datasets
 from ..evaluation.likelihood import held_out_loss
 from ..runs import Experiment
 from ..training import DiffusionTrainer, build_model, build_tokenizer, training_arguments
+from ..training.metrics import MetricsJsonlCallback
 
 MODES = ("ar", "diffusion", "ar_regularized")
 
@@ -51,16 +54,16 @@ def mode_config(config: dict, mode: str, epochs: int, dropout: float, weight_dec
     t = variant["training"]
     t.update(epochs=epochs, max_steps=None, save_every_n_steps=None, save_every_n_epochs=None, eval_steps=None,
              detailed_metrics_steps=None, attention_analysis_steps=None)
-    variant["monitoring"]["wandb"]["enabled"] = False
     return variant
 
 
 class HeldOutLikelihood(TrainerCallback):
-    """Scores the model on held-out blocks every `eval_every` epochs (and after the last epoch)."""
+    """Scores the model on held-out blocks every `eval_every` epochs (and after the last epoch) and hands each
+    point to `log` (the Trainer's: metrics.jsonl and the configured trackers)."""
 
-    def __init__(self, blocks, eval_every, num_samples, seed, batch_size):
+    def __init__(self, blocks, eval_every, num_samples, seed, batch_size, log):
         self.blocks, self.eval_every, self.num_samples = blocks, eval_every, num_samples
-        self.seed, self.batch_size, self.points = seed, batch_size, []
+        self.seed, self.batch_size, self.log, self.points = seed, batch_size, log, []
         self.model = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -69,7 +72,9 @@ class HeldOutLikelihood(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         epoch = round(state.epoch)
         if epoch % self.eval_every == 0 or epoch >= args.num_train_epochs:
-            self.points.append({"epoch": epoch, "step": state.global_step, **self.score()})
+            point = self.score()
+            self.points.append({"epoch": epoch, "step": state.global_step, **point})
+            self.log({"eval_loss": point["eval_loss"], "eval_standard_error": point["standard_error"]})
 
     @torch.no_grad()
     def score(self) -> dict:
@@ -88,13 +93,17 @@ def train_arm(config: dict, tokenizer, train_blocks, eval_blocks, eval_every: in
 
     set_seed(config["training"]["seed"])
     model = build_model(config, tokenizer)
-    experiment = Experiment(output_dir).create()
-    callback = HeldOutLikelihood(eval_blocks, eval_every, num_samples, config["training"]["seed"],
-                                 config["training"]["eval_batch_size"] or config["training"]["batch_size"])
-    args = training_arguments(config, experiment, report_to="none", disable_tqdm=True,
-                              logging_steps=10**9, use_cpu=not torch.cuda.is_available())
+    experiment = Experiment(output_dir)  # its folders appear as they are written: none is left empty
+    experiment.write_config(config)
+    # the Trainer's progress bar (with ETA) and its logging to the configured trackers, one run per arm; an arm saves
+    # no checkpoint, so the Trainer's output folder is the run folder (no empty checkpoints/)
+    args = training_arguments(config, experiment, output_dir=str(experiment.root))
     trainer = DiffusionTrainer(model=model, args=args, train_dataset=train_blocks,
-                               data_collator=DataCollatorForTDLM(tokenizer.pad_token_id), callbacks=[callback])
+                               data_collator=DataCollatorForTDLM(tokenizer.pad_token_id),
+                               callbacks=[MetricsJsonlCallback(experiment)])
+    callback = HeldOutLikelihood(eval_blocks, eval_every, num_samples, config["training"]["seed"],
+                                 config["training"]["eval_batch_size"] or config["training"]["batch_size"], trainer.log)
+    trainer.add_callback(callback)
     start = time.perf_counter()
     trainer.train()
     runtime = time.perf_counter() - start

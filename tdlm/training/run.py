@@ -1,5 +1,6 @@
 """The experiment runner behind `tdlm-train` / scripts/train.py: train or resume a run, or evaluate a checkpoint."""
 
+import importlib.util
 import math
 import os
 import time
@@ -9,6 +10,7 @@ import torch
 from transformers import set_seed
 
 from ..evaluation.multiple_choice import run_downstream
+from ..evaluation.plots import plot_run_losses
 from ..hub import push_to_hub
 from ..runs import Experiment, default_experiment_id, load_checkpoint, missing_resume_state, read_json, resume_point
 from .build import build_data, build_model, build_tokenizer, training_arguments
@@ -42,6 +44,7 @@ def summarize_run(experiment: Experiment, trainer: DiffusionTrainer, train_outpu
         "train_runtime_s": runtime,
         "tokens_per_second": (state.global_step - start_step) * tokens_per_step / runtime if runtime else None,
         "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "mixed_precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "no",  # what ran
         "global_step": state.global_step,
         "train_loss": train_output.training_loss,
     }
@@ -58,6 +61,14 @@ def format_summary(summary: dict) -> str:
                      f"{summary['best_epoch'] or 0:.2f}: {summary['best_checkpoint']}")
     lines.append(f"  final checkpoint: {summary['final_checkpoint']}")
     return "\n".join(lines)
+
+
+def _write_loss_curves(experiment: Experiment) -> None:
+    """The run's loss curves PNG; matplotlib is an optional extra (tdlm[eval]): without it the run says so."""
+    if importlib.util.find_spec("matplotlib") is None:
+        print("no loss curves PNG: matplotlib is not installed (pip install 'tdlm[eval]')", flush=True)
+        return
+    print(f"  loss curves: {plot_run_losses(experiment)}", flush=True)
 
 
 def _is_first_process() -> bool:
@@ -141,6 +152,7 @@ def run_training(config: dict, experiment_id: str | None = None, output_dir: str
         summary = summarize_run(experiment, trainer, output, runtime, start_step)
         experiment.write_summary(summary)
         print(format_summary(summary), flush=True)
+        _write_loss_curves(experiment)
         if config["training"]["push_to_hub"]:  # best checkpoint + model card (tdlm.hub), not Trainer's raw folder
             push_to_hub(experiment.root, repo_id=config["training"]["hub_model_id"])
     return summary
