@@ -18,7 +18,7 @@ set -uo pipefail
 OUT=${OUT:-gpu_out}
 SCALE_STAGES=${SCALE_STAGES:-kernels,head_grid,ladder}
 WHEELS=${WHEELS:-wheels}
-HEAD_GRID=${HEAD_GRID:-32768x128,65536x128,65536x768,65536x2048}
+HEAD_GRID=${HEAD_GRID:-65536x768,65536x2048,65536x128,32768x128}  # the new widths first: a timeout cuts the rest
 GRID_HEADS=${GRID_HEADS:-tdlm_triton,tdlm_chunked,torch_full_logits,torch_compile_full_logits,cut_cross_entropy,liger_kernel}
 HEAD_ARGS=${HEAD_ARGS:---repeats 5 --warmup 2}
 LADDER_CONFIGS=${LADDER_CONFIGS:-configs/models/tdlm-7m.yaml configs/models/tdlm-30m.yaml configs/models/tdlm-125m.yaml}
@@ -53,7 +53,7 @@ if runs head_grid; then
         fi
     done
     # shellcheck disable=SC2086  # HEAD_ARGS is a word list
-    timeout "${HEAD_GRID_TIMEOUT:-300}" python scripts/benchmark.py --head-grid "$HEAD_GRID" --heads "$GRID_HEADS" \
+    timeout "${HEAD_GRID_TIMEOUT:-360}" python scripts/benchmark.py --head-grid "$HEAD_GRID" --heads "$GRID_HEADS" \
         $HEAD_ARGS --output "$OUT/head_grid.json" 2>&1 | tee "$OUT/head_grid.log"
 fi
 
