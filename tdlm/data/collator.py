@@ -15,12 +15,13 @@ class DataCollatorForTDLM:
     def __call__(self, examples):
         rows = [torch.as_tensor(e["input_ids"], dtype=torch.long) for e in examples]
         length = max(r.numel() for r in rows)
+        if all(row.numel() == length for row in rows):  # packed blocks: one stack (the row loop took 60 ms/batch)
+            input_ids = torch.stack(rows)
+            return {"input_ids": input_ids, "labels": input_ids.clone()}
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, row in enumerate(rows):
             input_ids[i, : row.numel()] = row
             attention_mask[i, : row.numel()] = 1
-        batch = {"input_ids": input_ids, "labels": input_ids.masked_fill(attention_mask == 0, -100)}
-        if any(row.numel() < length for row in rows):
-            batch["attention_mask"] = attention_mask
-        return batch
+        return {"input_ids": input_ids, "labels": input_ids.masked_fill(attention_mask == 0, -100),
+                "attention_mask": attention_mask}
