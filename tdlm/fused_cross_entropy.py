@@ -33,7 +33,7 @@ from .configuration_tdlm import HEAD_IMPLEMENTATIONS
 
 HEAD_CHUNK_SIZE = 8192  # rows of the LM head computed at once: bounds the [rows, vocab] fp32 buffer
 FUSED_BACKWARD_MAX_HIDDEN = 256  # the fused gradient kernels hold [BLOCK, hidden] operands and accumulators on chip
-GRAD_LOGITS_CHUNK_BYTES = 2**29  # wider heads: the largest logits-gradient buffer (~5k rows of a 50k vocabulary, bf16)
+GRAD_LOGITS_CHUNK_BYTES = 2**28  # wider heads: the largest logits-gradient buffer (~2.6k rows of a 50k vocab, bf16)
 
 
 def linear_cross_entropy(rows, head_weight, targets, coefficients, mask_token_id=None, implementation="chunked",
@@ -199,7 +199,7 @@ def _grad_logits_backward(hidden, weight, targets, scale, log_z, mask_token_id):
             rows, weight, targets[start:start + chunk], scale[start:start + chunk], log_z[start:start + chunk], block,
             **_common_args(rows, weight, mask_token_id))
         torch.mm(block, weight, out=grad_rows[start:start + chunk])
-        grad_weight += (block.t() @ rows).float()
+        grad_weight += block.t() @ rows  # rounded to the matmul dtype per chunk, summed in fp32
     return grad_rows, grad_weight
 
 
