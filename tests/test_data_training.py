@@ -77,6 +77,19 @@ def test_cache_is_reused_and_a_changed_source_is_prepared_again_saying_so(tmp_pa
     assert ensure_prepared(source, tmp_path / "cache", other) != folder
 
 
+def test_concurrent_processes_prepare_once(tmp_path, tokenizer, monkeypatch):
+    """DDP ranks (here: threads) asking for the same data at once: one prepares, the others wait and reuse it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": f"The fox {i} jumps ."}) + "\n" for i in range(300)))
+    calls, prepare = [], prepare_module.prepare_dataset
+    monkeypatch.setattr(prepare_module, "prepare_dataset", lambda *a, **k: calls.append(1) or prepare(*a, **k))
+    with ThreadPoolExecutor(3) as pool:
+        folders = list(pool.map(lambda _: ensure_prepared(source, tmp_path / "cache", tokenizer), range(3)))
+    assert len(set(folders)) == 1 and calls == [1]
+
+
 def test_data_section_builds_train_and_eval_blocks(corpus, tokenizer):
     train, evaluation = build_datasets(data_section(corpus), tokenizer, len(tokenizer), max_eval_blocks=5)
     assert len(evaluation) == 5 and train.block_size == 16 and len(train) > 100

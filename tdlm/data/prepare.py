@@ -84,7 +84,7 @@ class SplitWriter:
         if self.file is not None:
             self.file.close()
         name = f"{self.split}-{len(self.shards):05d}.bin"
-        self.file = open(self.folder / name, "wb")  # noqa: SIM115 (closed by _next_shard / close)
+        self.file = open(self.folder / name, "wb")  # closed by the next shard or by close()
         self.shards.append({"file": name, "num_tokens": 0})
 
     def close(self) -> dict:
