@@ -20,6 +20,7 @@ import re
 import typing
 from pathlib import Path
 
+import yaml
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
@@ -101,10 +102,10 @@ SCHEMA = {
         "torch_compile_mode": (None, (str, None)),  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
         **{k: _training_key(k) for k in ("dataloader_num_workers", "push_to_hub")},
         "hub_model_id": (None, (str, None)),
-    },
         # trackers, as TrainingArguments.report_to ("tensorboard", ["wandb", "trackio"], "none", ...); null: wandb
         # when monitoring.wandb.enabled, else none (wandb is added to any list when it is enabled)
         "report_to": (None, (str, list, None)),
+    },
     "enhanced_evaluation": {
         "include_downstream": (False, (bool,)),
         "max_eval_batches": (None, (int, None)),
@@ -201,8 +202,6 @@ def _merge(base: dict, update: dict, prefix: str = "") -> None:
 
 def set_override(config: dict, assignment: str) -> None:
     """Apply one `section.key=value` (value parsed as YAML: 3e-4, true, null, [a, b])."""
-    import yaml
-
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like section.key=value")
     dotted, raw = assignment.split("=", 1)
@@ -361,8 +360,6 @@ def _check_data(data: dict, fail) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
     """Defaults <- YAML file <- `key=value` overrides, validated."""
-    import yaml
-
     config = default_config()
     if path is not None:
         path = Path(path)
@@ -381,7 +378,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 
 
 def save_config(config: dict, path: str | Path) -> None:
-    import yaml
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(config, sort_keys=False))

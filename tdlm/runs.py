@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from .config import load_config, save_config
 from .configuration_tdlm import TDLMConfig
@@ -106,8 +107,6 @@ class Experiment:
 
     def read_raw_config(self) -> dict | None:
         """config.yaml as written, without validation (for model cards of runs made by older versions)."""
-        import yaml
-
         if not self.config_path.is_file():
             return None
         return yaml.safe_load(self.config_path.read_text()) or {}

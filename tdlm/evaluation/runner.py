@@ -7,22 +7,20 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-from .. import __version__
 from ..data import ShardedBlocks, TokenShards, load_blocks, prepared_folder, read_index
 from ..runs import load_checkpoint
-from .likelihood import ar_nll, diffusion_nelbo, diffusion_ordered_nll
+from .likelihood import diffusion_ordered_nll, held_out_loss
 from .multiple_choice import run_downstream
 
 
 def environment_info() -> dict:
     """Package versions (and device) recorded with every result."""
     versions = {}
-    for package in ("torch", "transformers", "accelerate", "datasets", "lm_eval", "tokenizers", "numpy"):
+    for package in ("tdlm", "torch", "transformers", "accelerate", "datasets", "lm_eval", "tokenizers", "numpy"):
         try:
             versions[package] = version(package.replace("_", "-"))
         except PackageNotFoundError:
             versions[package] = None
-    versions["tdlm"] = __version__
     return {"python": platform.python_version(), "packages": versions,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
@@ -76,13 +74,9 @@ def evaluate_checkpoint(path, tasks=(), limit=None, mc_num: int = 128, seed: int
         block_size = block_size or min(model.config.max_position_embeddings,
                                        (data_config or {}).get("block_size") or model.config.max_position_embeddings)
         blocks = eval_blocks(tokenizer, block_size, eval_file, data_config, max_blocks)
-        if model.config.is_diffusion:
-            result["likelihood"] = diffusion_nelbo(model, blocks, num_samples, seed, batch_size=batch_size,
-                                                   show_progress=True)
-            if exact_ordered:
-                result["likelihood"]["ordered"] = diffusion_ordered_nll(model, blocks, show_progress=True)
-        else:
-            result["likelihood"] = ar_nll(model, blocks, batch_size, show_progress=True)
+        result["likelihood"] = held_out_loss(model, blocks, num_samples, seed, batch_size, show_progress=True)
+        if exact_ordered and model.config.is_diffusion:
+            result["likelihood"]["ordered"] = diffusion_ordered_nll(model, blocks, show_progress=True)
         result["likelihood"]["eval_data"] = str(eval_file) if eval_file else (data_config or {}).get("eval_files")
         if not all(math.isfinite(v) for v in result["likelihood"].values() if isinstance(v, float)):
             raise FloatingPointError(f"{path}: non-finite likelihood {result['likelihood']}; the checkpoint's "
