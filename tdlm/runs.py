@@ -33,7 +33,8 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STAGING_PREFIX = ".tmp-"  # checkpoints are written here, then renamed into place
 # what `Trainer.train(resume_from_checkpoint=...)` restores besides the weights; without them it silently restarts
 # the optimizer, the schedule or the data order / corruption draws, and the resumed run differs from the original
-RESUME_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state*.pth")
+# (alternative names: accelerate's FSDP saves the optimizer as optimizer.bin)
+RESUME_STATE_FILES = (("optimizer.pt", "optimizer.bin"), ("scheduler.pt",), ("rng_state*.pth",))
 
 
 @dataclass
@@ -302,7 +303,8 @@ def _readable_trainer_state(checkpoint: Path) -> bool:
 
 def missing_resume_state(checkpoint: Path) -> list[str]:
     """Which of RESUME_STATE_FILES a checkpoint lacks (an exact resume needs all of them)."""
-    return [name for name in RESUME_STATE_FILES if not any(Path(checkpoint).glob(name))]
+    return [" or ".join(names) for names in RESUME_STATE_FILES
+            if not any(any(Path(checkpoint).glob(name)) for name in names)]
 
 
 def weights_are_finite(checkpoint: Path) -> bool:

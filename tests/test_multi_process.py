@@ -78,9 +78,8 @@ def test_fsdp_on_two_processes_matches_one_process(runs):
 def test_fsdp_checkpoint_resumes_exactly_under_fsdp(runs):
     folder, launch = runs
     straight = train_losses(folder / "fsdp")
-    # the Trainer writes FSDP optimizer state as optimizer.bin, which runs.RESUME_STATE_FILES does not know yet
-    run(*launch, str(FSDP_ON_CPU), TRAIN, "--resume", str(folder / "fsdp" / "checkpoints" / "checkpoint-2"),
-        "--allow-inexact-resume")
+    # the Trainer writes FSDP optimizer state as optimizer.bin: an exact resume needs no --allow-inexact-resume
+    run(*launch, str(FSDP_ON_CPU), TRAIN, "--resume", str(folder / "fsdp" / "checkpoints" / "checkpoint-2"))
     resumed = train_losses(folder / "fsdp")
     assert json.loads((folder / "fsdp" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())[
         "global_step"] == 4
@@ -92,9 +91,6 @@ def test_fsdp_checkpoint_resumes_exactly_under_fsdp(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="under FSDP2 the model's class is torch's FSDP<class> wrapper, so "
-                   "save_pretrained copies torch's _fsdp_*.py files instead of modeling_tdlm.py, generation_tdlm.py "
-                   "and fused_cross_entropy.py: the trainer's save has to write hub.REMOTE_CODE_FILES itself")
 def test_fsdp_checkpoint_carries_the_remote_code(runs):
     checkpoint = runs[0] / "fsdp" / "checkpoints" / "checkpoint-4"
     assert [name for name in REMOTE_CODE_FILES if not (checkpoint / name).is_file()] == []

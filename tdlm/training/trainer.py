@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.dynamic_module_utils import custom_object_save
 
+from ..modeling_tdlm import TDLMPreTrainedModel
 from ..runs import commit_checkpoint, delete_checkpoint, last_good_checkpoint, list_checkpoints, staging_folder
 from ..schedules import diffusion_targets, get_noise_schedule
 from .metrics import (
@@ -319,6 +321,8 @@ class DiffusionTrainer(Trainer):
             if best_step:
                 self.state.best_model_checkpoint = str(run_dir / f"checkpoint-{best_step}")
                 self.state.save_to_json(str(staged / "trainer_state.json"))
+            if (staged / "config.json").is_file():  # a full model (a LoRA run saves only its adapter)
+                self._write_remote_code(staged)
             commit_checkpoint(staged, final)
             shutil.rmtree(staging_root, ignore_errors=True)
             if self.cleanup_checkpoints:
@@ -328,6 +332,17 @@ class DiffusionTrainer(Trainer):
                         delete_checkpoint(checkpoint)
         self._saved_steps.add(step)
         self.accelerator.wait_for_everyone()
+
+
+    def _write_remote_code(self, folder: Path) -> None:
+        """save_pretrained copies the module of the model's class (and its relative imports) next to the weights.
+        Under FSDP2 that class is torch's FSDP<class> wrapper, whose files get copied instead: copy from the TDLM class
+        in its MRO, and drop any other module file."""
+        model_class = next(c for c in type(self.head).__mro__ if c.__module__ == TDLMPreTrainedModel.__module__)
+        written = {Path(f).name for f in custom_object_save(model_class, folder)}
+        for stray in folder.glob("*.py"):
+            if stray.name not in written:
+                stray.unlink()
 
 
 class CheckpointScheduleCallback(TrainerCallback):
