@@ -9,6 +9,8 @@ from .schedules import NOISE_SCHEDULES
 
 TRAINING_MODES = ("diffusion", "autoregressive")
 HEAD_IMPLEMENTATIONS = ("chunked", "triton")  # fused_cross_entropy.py
+# the head class of each objective: AutoModel of a saved checkpoint points at it
+HEAD_CLASSES = {"diffusion": "TDLMForMaskedDiffusion", "autoregressive": "TDLMForCausalLM"}
 GPT2_VOCAB_SIZE = 50257  # GPT-2 BPE; TDLM appends <|mask|> as id 50257
 
 
@@ -91,10 +93,9 @@ class TDLMConfig(PretrainedConfig):
         self.head_implementation = head_implementation
         # Auto classes of the remote code shipped with every checkpoint; AutoModel gives the model that
         # matches the checkpoint's objective.
-        main_class = "TDLMForMaskedDiffusion" if training_mode == "diffusion" else "TDLMForCausalLM"
         kwargs.setdefault("auto_map", {
             "AutoConfig": "configuration_tdlm.TDLMConfig",
-            "AutoModel": f"modeling_tdlm.{main_class}",
+            "AutoModel": f"modeling_tdlm.{HEAD_CLASSES.get(training_mode, HEAD_CLASSES['diffusion'])}",
             "AutoModelForMaskedLM": "modeling_tdlm.TDLMForMaskedDiffusion",
             "AutoModelForCausalLM": "modeling_tdlm.TDLMForCausalLM",
         })
@@ -122,8 +123,7 @@ class TDLMConfig(PretrainedConfig):
         auto_map = output.get("auto_map")
         if auto_map and "AutoModel" in auto_map:
             module = auto_map["AutoModel"].rpartition(".")[0]
-            main_class = "TDLMForMaskedDiffusion" if self.training_mode == "diffusion" else "TDLMForCausalLM"
-            output["auto_map"] = {**auto_map, "AutoModel": f"{module}.{main_class}"}
+            output["auto_map"] = {**auto_map, "AutoModel": f"{module}.{HEAD_CLASSES[self.training_mode]}"}
         return output
 
     @property

@@ -389,19 +389,12 @@ class TDLMForMaskedDiffusion(_TDLMHeadModel, DiffusionGenerationMixin):
             max_length=config.max_position_embeddings)
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        loss_weights: torch.Tensor | None = None,
-        num_items_in_batch: torch.Tensor | int | None = None,
-        return_logits: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None, loss_weights: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None, return_logits: bool | None = None,
+        output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+        return_dict: bool | None = None, **kwargs,
     ) -> TDLMOutput | tuple:
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              inputs_embeds=inputs_embeds, output_attentions=output_attentions,
@@ -439,22 +432,12 @@ class TDLMForCausalLM(_TDLMHeadModel, GenerationMixin):
         return F.pad(labels[:, 1:], (0, 1), value=-100)
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        num_items_in_batch: torch.Tensor | int | None = None,
-        cache: Cache | None = None,
-        past_key_values: Cache | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int = 0,
-        return_logits: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None, num_items_in_batch: torch.Tensor | int | None = None,
+        cache: Cache | None = None, past_key_values: Cache | None = None, use_cache: bool | None = None,
+        logits_to_keep: int = 0, return_logits: bool | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs,
     ) -> TDLMCausalLMOutput | tuple:
         """`labels` are the input ids themselves (-100 to ignore); they are shifted here, as in HF causal LMs. The
         loss is their plain (unweighted) cross-entropy over `num_items_in_batch` or the number of targets."""

@@ -16,13 +16,7 @@ The training YAML's `peft` section drives `apply_lora`:
 import os
 from pathlib import Path
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoTokenizer,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from .config import SCHEMA
 from .runs import pretrained_source
@@ -106,6 +100,8 @@ def load_merged(adapter_dir, dtype=None):
     base = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
     if not base:
         raise ValueError(f"{adapter_dir}/adapter_config.json has no base_model_name_or_path")
+    # not AutoModel: with remote code it registers the first head class it loads for the config class, so a second
+    # checkpoint of the other objective in the same process would get the wrong head
     config = AutoConfig.from_pretrained(base, trust_remote_code=True)
     auto_class = AutoModelForMaskedLM if config.is_diffusion else AutoModelForCausalLM
     model = auto_class.from_pretrained(base, trust_remote_code=True, **({"dtype": dtype} if dtype else {}))

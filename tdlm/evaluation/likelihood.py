@@ -187,8 +187,16 @@ def conditional_loglikelihood(model, tokenizer, pairs, mc_num: int = 128, seed: 
     callers that only rank choices by log-likelihood. The AR check is free and always made."""
     encoded = [encode_pair(tokenizer, context, continuation) for context, continuation in pairs]
     encoded = _fit_continuations(encoded, model.config.max_position_embeddings)
+    keys = [_context_key(seed, context) for context, _ in pairs]
+    return encoded_loglikelihood(model, encoded, keys, mc_num, batch_size, show_progress, check_greedy)
+
+
+def encoded_loglikelihood(model, encoded, keys, mc_num: int = 128, batch_size: int = 32, show_progress: bool = False,
+                          check_greedy: bool = True) -> list[tuple[float, bool]]:
+    """`conditional_loglikelihood` of already encoded (context ids, continuation ids) pairs, whatever the model's
+    objective: exact for AR; LLaDA's Monte-Carlo estimate for diffusion, its masks seeded by `keys` (one per pair;
+    equal keys share masks, so the choices of one question are paired)."""
     if model.config.is_diffusion:
-        keys = [_context_key(seed, context) for context, _ in pairs]
         return diffusion_conditional_loglikelihood(model, encoded, keys, mc_num, batch_size, show_progress,
                                                    check_greedy)
     return ar_conditional_loglikelihood(model, encoded, batch_size, show_progress)

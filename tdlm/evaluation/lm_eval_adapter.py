@@ -34,8 +34,8 @@ from .likelihood import (
     _context_key,
     _fit_continuations,
     ar_conditional_loglikelihood,
-    diffusion_conditional_loglikelihood,
     diffusion_nelbo_samples,
+    encoded_loglikelihood,
     prefix_token_id,
 )
 
@@ -130,11 +130,9 @@ class TDLMLM(TemplateLM):
         # AR scores (context + continuation)[-(max_length + 1):], its last token being only a target
         limit = self.max_length + (0 if self.model.config.is_diffusion else 1)
         warn_truncated("loglikelihood", [len(context) + len(continuation) for context, continuation in encoded], limit)
-        if self.model.config.is_diffusion:
-            keys = [_context_key(self.seed, context) for (context, _), _, _ in requests]
-            return diffusion_conditional_loglikelihood(self.model, encoded, keys, self.mc_num, self.batch_size,
-                                                       show_progress=not disable_tqdm, check_greedy=self.check_greedy)
-        return ar_conditional_loglikelihood(self.model, encoded, self.batch_size, show_progress=not disable_tqdm)
+        keys = [_context_key(self.seed, context) for (context, _), _, _ in requests]
+        return encoded_loglikelihood(self.model, encoded, keys, self.mc_num, self.batch_size,
+                                     show_progress=not disable_tqdm, check_greedy=self.check_greedy)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         results = []
