@@ -105,8 +105,8 @@ fi
 # shellcheck disable=SC2086
 timeout "${STUDY_TIMEOUT:-480}" python scripts/data_constrained_study.py --config "$STUDY_CONFIG" \
     --epochs "${EPOCHS:-200}" --unique-tokens "${BUDGETS:-25%,50%,100%}" --eval-every "${EVAL_EVERY:-10}" \
-    --modes ar,diffusion,ar_regularized --nelbo-samples 4 --max-eval-blocks "${EVAL_BLOCKS:-32}" \
-    --output-dir "$STUDY_DIR" ${STUDY_OVERRIDES:-} 2>&1 | grep -v "it/s\]" | tee "$OUT/study.log"
+    --arms "${ARMS:-ar,diffusion,ar_regularized,diffusion_regularized}" --nelbo-samples 4 --max-eval-blocks "${EVAL_BLOCKS:-32}" \
+    --gen-samples "${GEN_SAMPLES:-16}" --output-dir "$STUDY_DIR" ${STUDY_OVERRIDES:-} 2>&1 | grep -v "it/s\]" | tee "$OUT/study.log"
 # only the study summary comes back (the device tool returns a few files)
-cp "$STUDY_DIR"/study.{json,md,png} "$OUT/" 2>/dev/null
+cp "$STUDY_DIR"/{study.json,study.md,study.png,best_vs_budget.png,reuse_fits.png} "$OUT/" 2>/dev/null
 exit 0
