@@ -273,6 +273,13 @@ def experiment_of(checkpoint: str | Path) -> Experiment | None:
     return Experiment(checkpoint.parent.parent) if checkpoint.parent.name == "checkpoints" else None
 
 
+def experiment_of_config(config_file: str | Path) -> Experiment | None:
+    """The experiment whose saved config is `config_file` (experiments/<id>/configs/config.yaml), else None."""
+    config_file = Path(config_file).resolve()
+    experiment = Experiment(config_file.parent.parent)
+    return experiment if experiment.config_path == config_file else None
+
+
 def resume_point(path: str | Path) -> tuple[Path, Experiment | None]:
     """What `--resume` names: a checkpoint folder, or an experiment folder (meaning its latest complete
     checkpoint) -> (checkpoint, experiment)."""

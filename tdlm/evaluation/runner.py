@@ -29,8 +29,11 @@ def eval_blocks(tokenizer, block_size: int, eval_file=None, data_config: dict | 
                 max_blocks: int | None = None):
     """Token blocks of an eval file (any format tdlm.data reads), or the eval split of a config's `data` section
     (eval_files, hub_dataset + eval_split, eval_fraction or a prepared folder), tokenized with `tokenizer`."""
+    if eval_file is None and data_config and data_config.get("eval_files"):
+        eval_file = data_config["eval_files"]  # the eval files alone: no need to prepare the training data
     if eval_file is not None:
-        blocks = load_blocks(str(eval_file), tokenizer, block_size)
+        files = [str(f) for f in eval_file] if isinstance(eval_file, (list, tuple)) else str(eval_file)
+        blocks = load_blocks(files, tokenizer, block_size, text_field=(data_config or {}).get("text_field", "text"))
         return blocks[:max_blocks] if max_blocks is not None else blocks
     if data_config:
         folder = prepared_folder(data_config, tokenizer)

@@ -22,6 +22,7 @@ from ..data import load_blocks
 from ..runs import (
     Experiment,
     experiment_of,
+    experiment_of_config,
     find_experiment,
     is_model_folder,
     load_checkpoint,
@@ -154,10 +155,11 @@ def resolve_target(test, experiments_dir="experiments") -> tuple[Path, Experimen
     experiment's configs/config.yaml."""
     path = Path(test)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        if path.parent.name != "configs":
+        experiment = experiment_of_config(path)
+        if experiment is None:
             raise ValueError(f"{test} is a config without weights; pass an experiment (or its "
                              "configs/config.yaml) or a checkpoint folder. `--list` shows what can be validated.")
-        path = path.parent.parent
+        path = experiment.root
     if is_model_folder(path):
         return path, experiment_of(path)
     experiment = find_experiment(test, experiments_dir)
