@@ -110,7 +110,8 @@ def test_tdlm_adapter_diffusion_matches_own_scorer(diffusion_checkpoint):
     results = evaluate_with_lm_eval("tdlm", {"pretrained": str(folder), "mc_num": 4},
                                     ["hellaswag"], limit=3, log_samples=True, device="cpu")
     ours = score_docs(model, tokenizer, load_task("hellaswag", limit=3)["hellaswag"], mc_num=4)
-    torch.testing.assert_close(torch.tensor(ours["loglikelihoods"]), torch.tensor(_lm_eval_lls(results, "tdlm_hellaswag")))
+    theirs = _lm_eval_lls(results, "tdlm_hellaswag")
+    torch.testing.assert_close(torch.tensor(ours["loglikelihoods"]), torch.tensor(theirs))
     assert results["results"]["tdlm_hellaswag"]["acc,none"] == ours["acc"]
 
 
@@ -135,11 +136,9 @@ def test_adapter_rolling_and_generation(mode, ar_checkpoint, diffusion_checkpoin
 
 def test_evaluate_script_writes_results_with_seeds_and_versions(diffusion_checkpoint, tmp_path):
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import evaluate as evaluate_script
+    # scripts/evaluate.py calls this module; importing the script by name would find HF's `evaluate` package
+    from tdlm.cli import evaluate as evaluate_script
 
     folder, _, _ = diffusion_checkpoint
     eval_file = tmp_path / "eval.txt"
