@@ -2,8 +2,15 @@
 
 from .configuration_tdlm import TDLMConfig
 from .generation_tdlm import DiffusionGenerationConfig, DiffusionGenerationMixin, DiffusionGenerationOutput
-from .modeling_tdlm import (MODEL_CLASSES, TDLMForCausalLM, TDLMForMaskedDiffusion, TDLMModel, TDLMOutput,
-                            TDLMPreTrainedModel, model_class_for)
+from .modeling_tdlm import (
+                            MODEL_CLASSES,
+                            TDLMForCausalLM,
+                            TDLMForMaskedDiffusion,
+                            TDLMModel,
+                            TDLMOutput,
+                            TDLMPreTrainedModel,
+                            model_class_for,
+)
 from .schedules import get_noise_schedule
 from .tokenization import load_tokenizer, train_bpe_tokenizer
 

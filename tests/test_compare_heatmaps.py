@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tdlm.runs import Experiment
 from tdlm.evaluation.heatmaps import NoGradientMetricsError, generate_heatmaps, gradient_table, load_run_metrics
+from tdlm.runs import Experiment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_eval_benchmarks import save_tiny  # noqa: E402
@@ -21,10 +21,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def make_experiment(root: Path, experiment_id: str, mode: str, eval_file: Path, with_summary: bool) -> Path:
     folder = root / experiment_id
     steps, eval_losses = [10, 20, 30], [6.0, 5.0, 5.5]
-    for step, loss in zip(steps, eval_losses):
+    for step in steps:
         checkpoint = folder / "checkpoints" / f"checkpoint-{step}"
         save_tiny(checkpoint, mode, max_positions=64)
-    history = [{"step": s, "eval_loss": l} for s, l in zip(steps, eval_losses)]
+    history = [{"step": s, "eval_loss": loss} for s, loss in zip(steps, eval_losses)]
     (folder / "checkpoints" / "checkpoint-30" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
     (folder / "configs").mkdir(parents=True)
     (folder / "configs" / "config.yaml").write_text(yaml.safe_dump(
@@ -33,7 +33,8 @@ def make_experiment(root: Path, experiment_id: str, mode: str, eval_file: Path, 
     for step in range(5, 35, 5):
         row = {"step": step, "epoch": step / 30, "split": "train", "loss": 6 - step / 30}
         if mode == "diffusion":
-            row.update({f"grad_norm/{lvl}": g * (1 + step / 100) for lvl, g in (("low", .5), ("medium", 1.), ("high", 2.))})
+            row.update({f"grad_norm/{lvl}": g * (1 + step / 100)
+                        for lvl, g in (("low", .5), ("medium", 1.), ("high", 2.))})
             row["grad_norm/total"] = math.sqrt(sum(row[f"grad_norm/{lvl}"] ** 2 for lvl in ("low", "medium", "high")))
             row.update({f"loss/{lvl}": v for lvl, v in (("low", 1.), ("medium", 3.), ("high", 6.))})
         rows.append(row)
@@ -62,7 +63,8 @@ def experiments(tmp_path_factory):
 
 def test_best_checkpoint_rules(experiments):
     assert Experiment(experiments / "dd_run").best_checkpoint().name == "checkpoint-10"  # summary.json
-    assert Experiment(experiments / "ar_run").best_checkpoint().name == "checkpoint-20"  # lowest eval_loss in trainer_state
+    # the lowest eval_loss in trainer_state
+    assert Experiment(experiments / "ar_run").best_checkpoint().name == "checkpoint-20"
     (experiments / "ar_run" / "checkpoints" / "checkpoint-30" / "trainer_state.json").rename(
         experiments / "ar_run" / "state.bak")
     try:

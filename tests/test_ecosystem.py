@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
-
 from publish_helpers import run_without_tdlm, save_checkpoint
+
 from tdlm import TDLMForCausalLM, hub
 
 

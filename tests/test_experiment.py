@@ -109,5 +109,6 @@ def test_experiment_folder_and_latest_checkpoint(tmp_path):
 def test_push_to_hub_needs_a_repo_id():
     with pytest.raises(ConfigError, match="training.hub_model_id"):
         load_config(None, ["model.tokenizer=gpt2", "data.train_files=train.txt", "training.push_to_hub=true"])
-    config = load_config(None, ["model.tokenizer=gpt2", "data.train_files=train.txt", "training.push_to_hub=true", "training.hub_model_id=me/tdlm"])
+    config = load_config(None, ["model.tokenizer=gpt2", "data.train_files=train.txt", "training.push_to_hub=true",
+                                "training.hub_model_id=me/tdlm"])
     assert config["training"]["hub_model_id"] == "me/tdlm"

@@ -12,8 +12,14 @@ import pytest
 import torch
 
 from tdlm import TDLMConfig, TDLMForCausalLM, TDLMForMaskedDiffusion
-from tdlm.evaluation.likelihood import (ar_conditional_loglikelihood, ar_nll, diffusion_conditional_loglikelihood,
-                                        diffusion_nelbo, diffusion_ordered_nll, llada_masks)
+from tdlm.evaluation.likelihood import (
+    ar_conditional_loglikelihood,
+    ar_nll,
+    diffusion_conditional_loglikelihood,
+    diffusion_nelbo,
+    diffusion_ordered_nll,
+    llada_masks,
+)
 
 VOCAB, MASK, LENGTH = 8, 7, 4
 

@@ -13,8 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from tdlm import TDLMConfig, TDLMForMaskedDiffusion
-from tdlm.schedules import (NOISE_SCHEDULES, corrupt, diffusion_targets, get_noise_schedule, sample_times,
-                            timestep_grid, unmask_counts)
+from tdlm.schedules import (
+    NOISE_SCHEDULES,
+    corrupt,
+    diffusion_targets,
+    get_noise_schedule,
+    sample_times,
+    timestep_grid,
+    unmask_counts,
+)
 
 SCHEDULES = sorted(NOISE_SCHEDULES)
 MASK_ID = 99

@@ -5,8 +5,14 @@ from pathlib import Path
 import pytest
 
 from tdlm import TDLMConfig
-from tdlm.tokenization import (EOS_TOKEN, MASK_TOKEN, check_tokenizer_matches, config_kwargs_for_tokenizer,
-                               load_tokenizer, train_bpe_tokenizer)
+from tdlm.tokenization import (
+    EOS_TOKEN,
+    MASK_TOKEN,
+    check_tokenizer_matches,
+    config_kwargs_for_tokenizer,
+    load_tokenizer,
+    train_bpe_tokenizer,
+)
 
 GPT2_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw"

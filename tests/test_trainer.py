@@ -346,7 +346,8 @@ def test_checkpoints_every_n_epochs(corpus, tmp_path):
 
 def test_tokenizer_model_mismatch_fails_at_start(finished, corpus, tmp_path):
     experiment, _ = finished
-    config = tiny_config(corpus, "model.train_bpe=null", f"model.tokenizer={REPO.parent / 'shared/data/gpt2-tokenizer'}",
+    gpt2 = REPO.parent / "shared/data/gpt2-tokenizer"
+    config = tiny_config(corpus, "model.train_bpe=null", f"model.tokenizer={gpt2}",
                          f"model.init_from={experiment / 'checkpoints' / 'checkpoint-8'}")
     with pytest.raises(ValueError, match=r"tokenizer has 50258 tokens but the model's vocab_size is \d+"):
         run_training(config, "mismatch", str(tmp_path))

@@ -55,9 +55,9 @@ def summarize_level_statistics(stats: torch.Tensor, by_level: bool = True) -> di
         return {}
     metrics = {"masked_accuracy": correct / count, "unweighted_loss": loss / count}
     if by_level:
-        for name, (n, c, l, w) in zip(LEVELS, stats[:3]):
+        for name, (n, c, level_loss, w) in zip(LEVELS, stats[:3]):
             if n > 0:
-                metrics[f"loss/{name}"] = l / n
+                metrics[f"loss/{name}"] = level_loss / n
                 metrics[f"accuracy/{name}"] = c / n
             metrics[f"loss_share/{name}"] = w / weighted if weighted > 0 else 0.0
     return metrics
