@@ -90,7 +90,7 @@ def _fmt(value, digits=3):
 
 
 def _fmt_r_star(fit) -> str:
-    return "-" if fit is None else f"{fit['r_star']:.3g} [{fit['r_star_low']:.3g}, {_fmt(fit['r_star_high'], 1)}]"
+    return "-" if fit is None else f"{fit['r_star']:.3g} [{fit['r_star_low']:.3g}, {fit['r_star_high']:.3g}]"
 
 
 def format_markdown(result: dict) -> str:
