@@ -61,12 +61,14 @@ def test_research_metrics_run_after_the_backward(corpus, tmp_path, monkeypatch, 
 
 @pytest.mark.slow
 def test_gpu_checks_reliability_stage_on_cpu(tmp_path):
-    """scripts/gpu_checks.sh's reliability stage alone (RUN_BENCHMARK=0 RUN_STUDY=0), both objectives, tiny."""
+    """scripts/gpu_checks.sh's reliability stage alone (RUN_BENCHMARK=0 RUN_SCALE=0 RUN_STUDY=0), both objectives,
+    tiny."""
     assert WIKI.exists()
     out, runs = tmp_path / "out", tmp_path / "runs"
     overrides = ("model.hidden_size=32 model.num_hidden_layers=1 model.intermediate_size=64 training.batch_size=8 "
                  "data.block_size=32 training.warmup_steps=1 enhanced_evaluation.max_eval_batches=1")
-    env = {**os.environ, "OUT": str(out), "CUDA_VISIBLE_DEVICES": "", "RUN_BENCHMARK": "0", "RUN_STUDY": "0",
+    env = {**os.environ, "OUT": str(out), "CUDA_VISIBLE_DEVICES": "", "RUN_BENCHMARK": "0", "RUN_SCALE": "0",
+           "RUN_STUDY": "0",
            "RELIABILITY_CONFIG": "configs/quick_test.yaml", "RELIABILITY_DIR": str(runs), "RELIABILITY_STEPS": "8",
            "RELIABILITY_EVERY": "2", "RELIABILITY_OVERRIDES": overrides}
     result = subprocess.run(["bash", "scripts/gpu_checks.sh"], cwd=REPO, env=env, capture_output=True, text=True,

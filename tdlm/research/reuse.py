@@ -45,7 +45,7 @@ def fit_reuse(curves: list[tuple[int, list[dict]]]) -> dict | None:
 
     Returns R* with a 95% interval exp(log R* +- 1.96 se); `r_star_high` is inf when the curve has not saturated
     within the epochs run (then R* is only bounded from below: more repetitions would still have helped)."""
-    from scipy.optimize import curve_fit  # scipy comes with the eval extra (scikit-learn / matplotlib stack)
+    from scipy.optimize import curve_fit  # scipy: the eval extra
 
     unique, epochs, losses = [], [], []
     for tokens, points in curves:
