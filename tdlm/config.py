@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 from transformers import TrainingArguments
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 from transformers.trainer_utils import SchedulerType
 
 from .configuration_tdlm import TDLMConfig
@@ -163,6 +164,7 @@ RANGES = {  # key -> (allowed, the range as the error message states it)
     "training.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "training.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "training.dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
+    "data.split_seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "peft.alpha": (lambda v: v > 0, "> 0"),
     "peft.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
@@ -305,6 +307,7 @@ def validate_config(config: dict) -> dict:
         if not allowed(get(dotted)):
             fail(dotted, f"must be {description}, got {get(dotted)}")
     _check_model_and_sampling(config)
+    trackers(config)
     if get("training.push_to_hub") and not get("training.hub_model_id"):
         fail("training.hub_model_id", "training.push_to_hub is true but no repo id (user/name) is set")
     if get("training.epochs") <= 0 and get("training.max_steps") is None:
@@ -336,6 +339,20 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def trackers(config: dict) -> list[str]:
+    """training.report_to as a list (any TrainingArguments.report_to names), with wandb added when
+    monitoring.wandb.enabled; names transformers does not know fail (at validation), naming the key."""
+    chosen = config["training"]["report_to"]
+    chosen = [] if chosen in (None, "none") else [chosen] if isinstance(chosen, str) else list(chosen)
+    if config["monitoring"]["wandb"]["enabled"] and "wandb" not in chosen:
+        chosen.append("wandb")
+    unknown = sorted(set(chosen) - set(INTEGRATION_TO_CALLBACK) - {"all"})
+    if unknown:
+        raise ConfigError(f"training.report_to: unknown trackers {unknown}; expected some of "
+                          f"{sorted(INTEGRATION_TO_CALLBACK)}, 'all' or 'none'")
+    return chosen
+
+
 def _is_missing_local_path(name: str | None) -> bool:
     """A name that can only be a local path (not a Hub id `name` or `org/name`) and does not exist."""
     if name is None or Path(name).expanduser().exists():
@@ -354,6 +371,8 @@ def _check_data(data: dict, fail) -> None:
     if data["eval_fraction"] and (has_eval_source or data["prepared"] is not None):
         fail("data.eval_fraction", "holds out training documents only when there is no eval source (unset "
                                    "data.eval_files / data.eval_split) and nothing is prepared yet")
+    if data["prepared"] is not None and not Path(data["prepared"]).expanduser().is_dir():
+        fail("data.prepared", f"no such folder: {data['prepared']} (make one with tdlm-prepare)")
     if data["num_proc"] < 1:
         fail("data.num_proc", f"must be >= 1, got {data['num_proc']}")
 

@@ -52,6 +52,10 @@ def test_config_data_checks():
         load_config(None, base + ["data.train_files=a.txt", "data.eval_files=b.txt", "data.eval_fraction=0.1"])
     with pytest.raises(ConfigError, match="data.num_proc: must be >= 1"):
         load_config(None, base + ["data.train_files=a.txt", "data.num_proc=0"])
+    with pytest.raises(ConfigError, match="data.prepared: no such folder: no-such-folder"):
+        load_config(None, base + ["data.prepared=no-such-folder"])
+    with pytest.raises(ConfigError, match=r"data.split_seed: must be in \[0, 2\*\*32\), got -1"):
+        load_config(None, base + ["data.train_files=a.txt", "data.split_seed=-1"])
     held_out = load_config(None, base + ["data.hub_dataset=org/set", "data.eval_split=null", "data.eval_fraction=0.1"])
     assert held_out["data"]["eval_fraction"] == 0.1
 

@@ -5,9 +5,8 @@ from contextlib import contextmanager
 
 import torch
 from transformers import TrainingArguments
-from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
-from ..config import ConfigError
+from ..config import trackers
 from ..configuration_tdlm import TDLMConfig
 from ..data import DataCollatorForTDLM, build_datasets
 from ..generation_tdlm import DiffusionGenerationConfig
@@ -109,20 +108,6 @@ def build_data(config: dict, tokenizer, model):
     eval_rows = e["max_eval_batches"] * (t["eval_batch_size"] or t["batch_size"]) if e["max_eval_batches"] else None
     train, evaluation = build_datasets(config["data"], tokenizer, model.config.vocab_size, eval_rows)
     return train, evaluation, DataCollatorForTDLM(tokenizer.pad_token_id)
-
-
-def trackers(config: dict) -> list[str]:
-    """training.report_to as a list (any TrainingArguments.report_to names), with wandb added when
-    monitoring.wandb.enabled; names transformers does not know fail here, naming the key."""
-    chosen = config["training"]["report_to"]
-    chosen = [] if chosen in (None, "none") else [chosen] if isinstance(chosen, str) else list(chosen)
-    if config["monitoring"]["wandb"]["enabled"] and "wandb" not in chosen:
-        chosen.append("wandb")
-    unknown = sorted(set(chosen) - set(INTEGRATION_TO_CALLBACK) - {"all"})
-    if unknown:
-        raise ConfigError(f"training.report_to: unknown trackers {unknown}; expected some of "
-                          f"{sorted(INTEGRATION_TO_CALLBACK)}, 'all' or 'none'")
-    return chosen
 
 
 def mixed_precision(config: dict) -> str:
