@@ -19,12 +19,26 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
 from .schedules import STEP_SCHEDULES, get_noise_schedule, unmask_counts
 
 REMASKING_RULES = ("low_confidence", "margin", "entropy", "random")
+CACHE_MODES = ("prefix", "dual")
+# rules whose proposals and confidence a chunked pass over the vocabulary gives (`streamed_proposals`); "entropy"
+# is left out: its streamed sum differs from the softmax's by float rounding, enough to reorder near-equal entropies
+STREAMED_RULES = ("low_confidence", "margin")
+PROPOSAL_CHUNK_SIZE = 8192  # vocabulary columns per chunk of `streamed_proposals`: bounds its [rows, chunk] buffer
+# Hugging Face generation options that diffusion sampling reads; any other one set would be silently ignored, so
+# `diffusion_generate` refuses it. (Older transformers saved these neutral values in generation_config.json.)
+HF_OPTIONS_USED = ("max_new_tokens", "max_length", "num_return_sequences", "do_sample", "temperature", "top_k",
+                   "top_p", "return_dict_in_generate", "eos_token_id", "pad_token_id", "bos_token_id")
+HF_NEUTRAL_VALUES = {"num_beams": 1, "num_beam_groups": 1, "repetition_penalty": 1.0, "length_penalty": 1.0,
+                     "min_length": 0, "no_repeat_ngram_size": 0, "typical_p": 1.0, "diversity_penalty": 0.0,
+                     "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0, "epsilon_cutoff": 0.0,
+                     "eta_cutoff": 0.0}
 
 
 class DiffusionGenerationConfig(GenerationConfig):
@@ -47,10 +61,16 @@ class DiffusionGenerationConfig(GenerationConfig):
             where c are the logits given the input and u those with every given (prompt) token masked; 0 (default)
             turns it off. Applied by the `ClassifierFreeGuidance` logits hook: each step runs the model a second
             time, on the same rows with their prompt masked.
+        cache: Fast-dLLM's approximate KV caches (Wu et al. 2025) for semi-autoregressive decoding: "prefix" reuses
+            the keys/values before the current block across its steps, "dual" also those after it; both are
+            refreshed by a full forward whenever a row starts a new block. None (default): every step runs the
+            whole canvas.
         show_progress: tqdm bar over steps.
         output_history: keep the canvas after every step (`history` of the output dict).
-    Also used: `max_new_tokens`, `max_length` (unconditional length), `num_return_sequences`
-    (unconditional batch size), `return_dict_in_generate`, `eos_token_id`, `pad_token_id`.
+    Also used, with Hugging Face's meaning: `max_new_tokens`, `max_length` (unconditional length), `do_sample`
+    (False: greedy, temperature 0; True: temperature 1 unless set), `num_return_sequences` (samples per prompt, or
+    the unconditional batch size), `return_dict_in_generate`, `eos_token_id`, `pad_token_id`. Any other
+    `GenerationConfig` option (beams, penalties, ...) is refused rather than ignored.
     """
 
     def __init__(self, **kwargs):
@@ -61,6 +81,7 @@ class DiffusionGenerationConfig(GenerationConfig):
         self.block_length = kwargs.pop("block_length", None)
         self.cfg_scale = kwargs.pop("cfg_scale", 0.0)
         self.stop_at_eos = kwargs.pop("stop_at_eos", False)
+        self.cache = kwargs.pop("cache", None)
         self.show_progress = kwargs.pop("show_progress", False)
         self.output_history = kwargs.pop("output_history", False)
         kwargs.setdefault("temperature", 0.0)
@@ -88,6 +109,8 @@ class DiffusionGenerationConfig(GenerationConfig):
             fail("step_schedule", f"must be one of {STEP_SCHEDULES}")
         if self.remasking not in REMASKING_RULES:
             fail("remasking", f"must be one of {REMASKING_RULES}")
+        if self.cache not in (None, *CACHE_MODES):
+            fail("cache", f"must be None or one of {CACHE_MODES}")
         if self.top_p is not None and not (is_number(self.top_p) and 0.0 < self.top_p <= 1.0):
             fail("top_p", "must lie in (0, 1]")
         if self.confidence_threshold is not None and not (is_number(self.confidence_threshold)
@@ -145,6 +168,23 @@ def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None)
     return logits
 
 
+def _gumbel(shape, generator, device):
+    """Gumbel(0, 1) noise in float64 (float32 uniforms would cut off the tail of rare tokens)."""
+    uniform = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    return -torch.log(-torch.log(uniform.clamp(1e-300, 1.0 - 1e-16)))
+
+
+def sample_proposals(logits, config: DiffusionGenerationConfig, generator=None):
+    """(filtered float logits, proposed tokens) for rows of logits [N, V]: `top_k` / `top_p` filtering, then argmax
+    (temperature 0) or Gumbel-max sampling at `config.temperature`."""
+    logits = _filter_logits(logits.float(), config.top_k, config.top_p)
+    if config.temperature:
+        tokens = (logits.double() / config.temperature + _gumbel(logits.shape, generator, logits.device)).argmax(-1)
+    else:
+        tokens = logits.argmax(-1)
+    return logits, tokens
+
+
 def propose_tokens(logits, config: DiffusionGenerationConfig, generator=None):
     """Proposed x_0 tokens and their confidence under `config.remasking` for rows of logits [N, V].
 
@@ -152,13 +192,7 @@ def propose_tokens(logits, config: DiffusionGenerationConfig, generator=None):
     top-2 probability for "margin", minus the entropy for "entropy", uniform noise for "random".
     Probabilities are exp(logit - logsumexp): only "entropy" materialises the [N, V] softmax.
     """
-    logits = _filter_logits(logits.float(), config.top_k, config.top_p)
-    if config.temperature:
-        uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-300, 1.0 - 1e-16)))
-        tokens = (logits.double() / config.temperature + gumbel).argmax(-1)
-    else:
-        tokens = logits.argmax(-1)
+    logits, tokens = sample_proposals(logits, config, generator)
     if config.remasking == "random":
         return tokens, torch.rand(tokens.shape, generator=generator, device=logits.device)
     log_normaliser = logits.logsumexp(-1)
@@ -171,6 +205,49 @@ def propose_tokens(logits, config: DiffusionGenerationConfig, generator=None):
         probs = logits.softmax(-1)
         confidence = (probs * probs.clamp_min(1e-30).log()).sum(-1)  # minus the entropy
     return tokens, confidence.float()
+
+
+def streamed_proposals(hidden, weight, config: DiffusionGenerationConfig, mask_id: int, generator=None,
+                       chunk_size: int = PROPOSAL_CHUNK_SIZE):
+    """`propose_tokens` of the logits `hidden [N, H] @ weight[V, H].T` (mask token at -inf) for the rules in
+    `STREAMED_RULES` without top-k / top-p, computed over the vocabulary in chunks so that the [N, V] logits never
+    exist at once: a running argmax (of logits / temperature + Gumbel noise when sampling), an online logsumexp
+    and the top-2 logits ("margin").
+    Greedy tokens equal `propose_tokens`'s (ties to the lowest id, as argmax); confidences agree to float rounding;
+    sampled tokens are equal in distribution (the noise is drawn chunk by chunk)."""
+    n, vocab = hidden.shape[0], weight.shape[0]
+    float_kwargs = {"device": hidden.device, "dtype": torch.float32}
+    best = torch.full((n,), float("-inf"), device=hidden.device,
+                      dtype=torch.float64 if config.temperature else torch.float32)
+    tokens = torch.zeros(n, dtype=torch.long, device=hidden.device)
+    token_logit = torch.zeros(n, **float_kwargs)
+    running_max = torch.full((n,), float("-inf"), **float_kwargs)
+    exp_sum = torch.zeros(n, **float_kwargs)
+    top2 = torch.full((n, 2), float("-inf"), **float_kwargs)
+    for start in range(0, vocab, chunk_size):
+        logits = F.linear(hidden, weight[start:start + chunk_size]).float()
+        if start <= mask_id < start + logits.shape[1]:
+            logits[:, mask_id - start] = float("-inf")
+        score = logits
+        if config.temperature:
+            score = logits.double() / config.temperature + _gumbel(logits.shape, generator, logits.device)
+        chunk_best, index = score.max(-1)
+        better = chunk_best > best  # strict: an equal score later in the vocabulary loses, as in argmax
+        best = torch.where(better, chunk_best, best)
+        tokens = torch.where(better, index + start, tokens)
+        token_logit = torch.where(better, logits.gather(-1, index[:, None]).squeeze(-1), token_logit)
+        new_max = torch.maximum(running_max, logits.amax(-1))
+        rescale = torch.where(torch.isinf(running_max), 0.0, (running_max - new_max).exp())
+        exps = (logits - torch.where(torch.isinf(new_max), 0.0, new_max)[:, None]).exp()
+        exp_sum = exp_sum * rescale + exps.sum(-1)
+        if config.remasking == "margin":
+            top2 = torch.cat([top2, logits.topk(min(2, logits.shape[1]), dim=-1).values], -1).topk(2, dim=-1).values
+        running_max = new_max
+    log_normaliser = running_max + exp_sum.log()
+    if config.remasking == "margin":
+        top2 = (top2 - log_normaliser[:, None]).exp()
+        return tokens, top2[:, 0] - top2[:, 1]
+    return tokens, (token_logit - log_normaliser).exp()
 
 
 def _block_plan(masked, block_length, num_steps, schedule, step_schedule):
@@ -246,6 +323,58 @@ def _most_confident(positions, confidence, k, threshold=None):
     return torch.zeros_like(positions).scatter(-1, order, take) & positions
 
 
+class BlockKVCache:
+    """Fast-dLLM's approximate KV caches (Wu et al. 2025, NVlabs/Fast-dLLM) for semi-autoregressive decoding.
+
+    At the first step of a row's block (`prepare` sees a block other than the one its keys/values were computed for)
+    the model runs on the whole canvas and every layer's keys/values are recorded. At the block's later steps only
+    a window runs: "prefix" from the block's first position to the end of the canvas (the prefix's keys/values come
+    from the cache), "dual" just the block (prefix and suffix from the cache). Cached keys/values are stale by the
+    tokens committed since the refresh; that is the approximation.
+
+    The attention layers see it as a cache: `get_seq_length()` (keys not recomputed) and `update(key, value,
+    layer_idx)` (the keys/values to attend to, in canvas order). Holds [B, heads, L, head_dim] per layer.
+    """
+
+    def __init__(self, mode: str, batch: int, length: int, device):
+        self.mode, self.length = mode, length
+        self.keys, self.values = {}, {}
+        self.built_for = torch.full((batch,), -1, dtype=torch.long, device=device)  # each row's cached block
+        self.rows, self.window, self.refreshing = None, (0, length), True
+
+    def prepare(self, rows, block, in_block):
+        """Set up a step of the sub-batch `rows` [b] whose current blocks are `block` [b] and cover bool
+        `in_block` [b, L]; returns the (start, end) window of canvas positions the model runs on."""
+        self.rows = rows
+        self.refreshing = bool((self.built_for[rows] != block).any())
+        if self.refreshing:
+            self.built_for[rows] = block
+            self.window = (0, self.length)
+        else:
+            columns = in_block.any(0).nonzero().squeeze(-1)
+            end = self.length if self.mode == "prefix" else int(columns.max()) + 1
+            self.window = (int(columns.min()), end)
+        return self.window
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length - (self.window[1] - self.window[0])
+
+    def update(self, key, value, layer_idx: int):
+        if self.refreshing:
+            if layer_idx not in self.keys:
+                shape = (self.built_for.shape[0], *key.shape[1:])
+                self.keys[layer_idx] = key.new_zeros(shape)
+                self.values[layer_idx] = value.new_zeros(shape)
+            self.keys[layer_idx][self.rows] = key
+            self.values[layer_idx][self.rows] = value
+            return key, value
+        start, end = self.window
+        keys, values = self.keys[layer_idx][self.rows], self.values[layer_idx][self.rows]  # copies: the cache stays
+        keys[:, :, start:end] = key
+        values[:, :, start:end] = value
+        return keys, values
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-step hooks: logits_hook(step, tokens, logits, positions) -> logits, tokens_hook(step, tokens, committed) -> tokens
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +415,19 @@ class PadAfterEOS:
         return tokens.masked_fill(self.generated & (positions[None, :] > first_eos[:, None]), self.pad_id)
 
 
+def _resolve_do_sample(values: dict, explicit: dict) -> None:
+    """Hugging Face's `do_sample` in terms of `temperature` (0 = greedy), in place: do_sample=True samples at
+    temperature 1 unless one is set, do_sample=False is greedy; a temperature passed beside a contradicting do_sample
+    is refused rather than ignored."""
+    do_sample, temperature = values.get("do_sample"), values.get("temperature") or 0.0
+    if do_sample is None or bool(temperature) == bool(do_sample):
+        return
+    if "temperature" in explicit:
+        raise ValueError(f"do_sample={do_sample} contradicts temperature={explicit['temperature']!r} "
+                         f"(temperature 0 is greedy); drop one of them")
+    values["temperature"] = 1.0 if do_sample else 0.0
+
+
 class DiffusionGenerationMixin:
     """Adds `diffusion_generate` to a masked-diffusion model (`self.model` backbone + `self.lm_head`)."""
 
@@ -318,8 +460,15 @@ class DiffusionGenerationMixin:
         values.update(kwargs)
         for key in ("transformers_version", "_from_model_config"):
             values.pop(key, None)
+        _resolve_do_sample(values, kwargs)
         config = DiffusionGenerationConfig(**values)
         config.validate()
+        own = set(DiffusionGenerationConfig().to_dict()) - set(GenerationConfig().to_dict())
+        for key, value in sorted(values.items()):
+            if (key not in own and key not in HF_OPTIONS_USED and value is not None and value is not False
+                    and HF_NEUTRAL_VALUES.get(key, object()) != value):
+                raise ValueError(f"diffusion_generate does not support the generation option {key}={value!r} "
+                                 f"(it would be ignored); see DiffusionGenerationConfig")
         return config
 
     def _prepare_canvas(self, input_ids, attention_mask, config, batch_size):
@@ -331,7 +480,7 @@ class DiffusionGenerationMixin:
         if input_ids is None:
             if attention_mask is not None:
                 raise ValueError("attention_mask was given without input_ids")
-            batch = batch_size or config.num_return_sequences or 1
+            batch = batch_size or 1  # times num_return_sequences below
             length = config.max_new_tokens or config.max_length
             if not length:
                 raise ValueError("unconditional generation needs max_length or max_new_tokens")
@@ -348,6 +497,9 @@ class DiffusionGenerationMixin:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
                              f"input_ids shape {tuple(input_ids.shape)}")
+        if config.num_return_sequences and config.num_return_sequences > 1:  # as generate(): samples per prompt
+            input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
+            attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
         is_canvas = bool((input_ids == mask_id).all())  # an all-mask input is itself the canvas
         new_tokens = 0 if is_canvas else (config.max_new_tokens or 0)
         if new_tokens:
@@ -372,12 +524,22 @@ class DiffusionGenerationMixin:
         pad_id = config.pad_token_id if config.pad_token_id is not None else self.config.pad_token_id
         return eos_id, eos_id if pad_id is None else pad_id
 
-    def _active_logits(self, tokens, attention_mask, positions, prompt=None, cfg_scale=0.0):
+    def _active_hidden(self, tokens, attention_mask, positions, cache=None):
+        """Final hidden states [N, H] at `positions` (bool [b, L]) of a sub-batch, in row-major order. The backbone
+        runs on all tokens, or with a `BlockKVCache` (prepared for this step) on its window only."""
+        if cache is None:
+            return self.model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state[positions]
+        start, end = cache.window
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start:end]  # as the full forward's
+        hidden = self.model(input_ids=tokens[:, start:end], attention_mask=attention_mask, position_ids=position_ids,
+                            cache=cache).last_hidden_state
+        return hidden[positions[:, start:end]]
+
+    def _active_logits(self, tokens, attention_mask, positions, prompt=None, cfg_scale=0.0, cache=None):
         """Float logits only at `positions` (bool [b, L]) of a sub-batch, in row-major order, the mask token's at -inf:
-        the backbone runs on all tokens, the head only where a proposal is needed. With `cfg_scale` > 0, guided by
+        the head runs only where a proposal is needed (`_active_hidden`). With `cfg_scale` > 0, guided by
         the same rows with their `prompt` positions (bool [b, L]) masked (`ClassifierFreeGuidance`)."""
-        hidden = self.model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
-        logits = self.lm_head(hidden[positions]).float()
+        logits = self.lm_head(self._active_hidden(tokens, attention_mask, positions, cache)).float()
         logits[:, self.config.mask_token_id] = float("-inf")
         if cfg_scale:
             logits = ClassifierFreeGuidance(self, attention_mask, prompt, cfg_scale)(None, tokens, logits, positions)
@@ -408,6 +570,9 @@ class DiffusionGenerationMixin:
         Hooks see whole rows: a hook that treats each row on its own keeps a row's output independent of its batch.
         """
         config = self._diffusion_generation_config(generation_config, kwargs)
+        if input_ids is not None and "max_length" in kwargs:
+            raise ValueError("max_length sets the length of unconditional samples; with input_ids set max_new_tokens "
+                             "(or put mask tokens in input_ids)")
         x, attention_mask = self._prepare_canvas(input_ids, attention_mask, config, batch_size)
         generated = (x == self.config.mask_token_id) & attention_mask.bool()
         logits_hooks, tokens_hooks = [], []
@@ -424,12 +589,43 @@ class DiffusionGenerationMixin:
                 hooks.append(hook)
         return self._sample(x, attention_mask, generated, config, generator, logits_hooks, tokens_hooks)
 
+    def _commit_step(self, step, x, attention_mask, rows, positions, k, config, generator, logits_hooks, cache):
+        """One step of the sub-batch `rows`: (bool [b, L] what each of them commits, the committed tokens in row-major
+        order). The LM head runs only where its output is used:
+        - "random" order (no logits hooks): the order is noise, drawn first; the head runs at the committed rows only.
+        - rules in `STREAMED_RULES` with a vocabulary above `PROPOSAL_CHUNK_SIZE`, no hooks and no top-k/top-p: the
+          head streams over the vocabulary (`streamed_proposals`) without writing [rows, vocab] logits.
+        - otherwise the logits at every candidate (`positions`), which the logits hooks may change.
+        Greedy proposals are the same on every route; sampled ones equal in distribution."""
+        inputs, candidates = (x[rows], attention_mask[rows]), positions[rows]
+        threshold = config.confidence_threshold
+        plain = not logits_hooks and config.top_k is None and config.top_p in (None, 1.0)
+        if config.remasking == "random" and not logits_hooks:
+            confidence = torch.rand(int(candidates.sum()), generator=generator, device=x.device)
+            commit = _most_confident(candidates, confidence, k, threshold)
+            return commit, sample_proposals(self._active_logits(*inputs, commit, cache=cache), config, generator)[1]
+        head = self.lm_head
+        if (plain and config.remasking in STREAMED_RULES and head.weight.shape[0] > PROPOSAL_CHUNK_SIZE
+                and isinstance(head, torch.nn.Linear) and head.bias is None):
+            hidden = self._active_hidden(*inputs, candidates, cache)
+            proposals, confidence = streamed_proposals(hidden, head.weight, config, self.config.mask_token_id,
+                                                       generator)
+        else:
+            logits = self._active_logits(*inputs, candidates, cache=cache)
+            for hook in logits_hooks:
+                logits = hook(step, x, logits, positions)
+            logits[:, self.config.mask_token_id] = float("-inf")
+            proposals, confidence = propose_tokens(logits, config, generator)
+        commit = _most_confident(candidates, confidence, k, threshold)
+        return commit, proposals[commit[candidates]]
+
     def _sample(self, x, attention_mask, generated, config, generator=None, logits_hooks=(), tokens_hooks=()):
         """The denoising loop over the canvas `x` [B, L] (written in place): per step, the rows with something to
         commit run the model at their current block's masks, the logits hooks adjust the logits, the most confident
         proposals are committed, and the tokens hooks see the result."""
-        mask_id = self.config.mask_token_id
         plan = _UnmaskPlan(generated, config, get_noise_schedule(self.config.noise_schedule))
+        cache = BlockKVCache(config.cache, *x.shape, x.device) if config.cache else None
+        mask_id = self.config.mask_token_id
         commit_step = torch.full_like(x, -1)
         row_model_calls = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         committed_per_step, history = [], []
@@ -450,15 +646,14 @@ class DiffusionGenerationMixin:
             if run.any():  # rows whose schedule commits nothing this step skip the model call
                 rows = run.nonzero().squeeze(-1)
                 positions = candidates & run[:, None]
-                logits = self._active_logits(x[rows], attention_mask[rows], positions[rows])
-                for hook in logits_hooks:
-                    logits = hook(step, x, logits, positions)
-                logits[:, mask_id] = float("-inf")
+                if cache is not None:
+                    block = plan.current_block[rows]
+                    cache.prepare(rows, block, plan.block_of[rows] == block[:, None])
+                commit[rows], proposals = self._commit_step(step, x, attention_mask, rows, positions, k[rows], config,
+                                                            generator, logits_hooks, cache)
+                x[commit] = proposals
                 num_model_calls += 1
                 row_model_calls[rows] += 1
-                proposals, confidence = propose_tokens(logits, config, generator)
-                commit[rows] = _most_confident(positions[rows], confidence, k[rows], config.confidence_threshold)
-                x[commit] = proposals[commit[positions]]
             committed_per_step.append(commit.sum(-1))
             for hook in tokens_hooks:
                 x = hook(step, x, commit)

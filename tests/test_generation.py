@@ -30,7 +30,7 @@ def tiny_model(seed=0, dtype=torch.float32, **overrides):
 def column_logits(table):
     """A stand-in for `_active_logits` whose proposal at canvas column c is `table[c]`, whatever the context:
     the commit order then depends only on the remasking rule."""
-    def fake(tokens, attention_mask, positions, prompt=None, cfg_scale=0.0):
+    def fake(tokens, attention_mask, positions, prompt=None, cfg_scale=0.0, cache=None):
         return table[positions.nonzero()[:, 1]].clone()
     return fake
 
