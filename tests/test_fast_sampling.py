@@ -8,8 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from tdlm import TDLMConfig, TDLMForMaskedDiffusion
-from tdlm import generation_tdlm
+from tdlm import TDLMConfig, TDLMForMaskedDiffusion, generation_tdlm
 from tdlm.generation_tdlm import BlockKVCache, DiffusionGenerationConfig, propose_tokens, streamed_proposals
 
 VOCAB, MASK, PAD, EOS = 97, 96, 1, 2

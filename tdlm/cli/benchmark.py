@@ -4,6 +4,8 @@
     python scripts/benchmark.py --config configs/example_config.yaml --output results/benchmark.json
     python scripts/benchmark.py --config configs/quick_test.yaml --steps 5 --warmup 2 training.batch_size=8
     python scripts/benchmark.py --head-grid 32768x128,65536x768,65536x2048 --output results/head_grid.json
+    python scripts/benchmark.py --sampling-frontier --frontier-checkpoints diffusion=RUN,autoregressive=RUN \
+        --scorer RUN --reference-text held_out.txt --sampling-batch 16 --sampling-length 128 --output frontier.json
 """
 
 import argparse
@@ -39,6 +41,19 @@ def main(argv=None):
                         help="time only the LM head + cross-entropy on these ROWSxHIDDEN shapes, e.g. 65536x768")
     parser.add_argument("--heads", default=",".join(HEADS), help=f"heads of the grid, from {', '.join(HEADS)}")
     parser.add_argument("--vocab-size", type=int, default=50258, help="vocabulary of the head grid (GPT-2 + mask)")
+    parser.add_argument("--sampling-frontier", action="store_true",
+                        help="tokens/s against gen-PPL and unigram entropy per sampler of trained checkpoints "
+                             "(tdlm/research/sampling_frontier.py); writes --output and a PNG beside it")
+    parser.add_argument("--frontier-checkpoints", default=None,
+                        help="objective=run-or-checkpoint pairs, comma-separated, e.g. "
+                             "diffusion=experiments/a,autoregressive=experiments/b")
+    parser.add_argument("--scorer", default=None, help="AR run or checkpoint that scores the samples (gen-PPL)")
+    parser.add_argument("--reference-text", default=None, help="held-out text file: the real-text reference row")
+    parser.add_argument("--frontier-steps", default="8,16,32,64,128,256",
+                        help="diffusion step counts of ancestral (random-order) sampling")
+    parser.add_argument("--cache-steps", default="16,32,64,128",
+                        help="step counts of the semi-AR block rows (uncached, prefix and dual cache)")
+    parser.add_argument("--block-length", type=int, default=32, help="semi-AR block length of the cached rows")
     parser.add_argument("--output", default="results/benchmark.json")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
@@ -52,8 +67,10 @@ def main(argv=None):
         print(format_head_grid(report))
         print(f"\nwritten: {args.output}")
         return
+    if args.sampling_frontier:
+        return _sampling_frontier(parser, args)
     if not args.config:
-        parser.error("--config is required (unless --head-grid)")
+        parser.error("--config is required (unless --head-grid or --sampling-frontier)")
     config = load_config(args.config, args.overrides)
     sampling = None
     if args.sampling_steps:
@@ -67,6 +84,53 @@ def main(argv=None):
                            sampling=sampling, profile=args.profile, output=args.output)
     print(format_report(report))
     print(f"\nwritten: {args.output}")
+
+
+def _sampling_frontier(parser, args):
+    from pathlib import Path
+
+    import torch
+
+    from ..research.sampling_frontier import (
+        default_methods,
+        format_frontier,
+        frontier_summary,
+        plot_frontier,
+        run_frontier,
+    )
+    from ..runs import load_checkpoint, model_folder, write_json
+
+    if not args.frontier_checkpoints or not args.scorer:
+        parser.error("--sampling-frontier needs --frontier-checkpoints objective=path,... and --scorer")
+    device = args.device or "cpu"
+    models = {}
+    for pair in args.frontier_checkpoints.split(","):
+        objective, _, path = pair.partition("=")
+        if not path:
+            parser.error(f"--frontier-checkpoints: {pair!r} is not objective=path")
+        models[objective] = load_checkpoint(model_folder(path), device)
+        if models[objective][0].config.training_mode != objective:
+            parser.error(f"--frontier-checkpoints: {path} is a {models[objective][0].config.training_mode} "
+                         f"checkpoint, not {objective}")
+    scorer, scorer_tokenizer = load_checkpoint(model_folder(args.scorer), device)
+    if scorer.config.is_diffusion:
+        parser.error(f"--scorer: {args.scorer} is a diffusion checkpoint; gen-PPL needs an autoregressive scorer")
+    methods = default_methods(tuple(int(s) for s in args.frontier_steps.split(",")), args.confidence_threshold,
+                              args.block_length, tuple(int(s) for s in args.cache_steps.split(",")))
+    report = run_frontier(models, scorer, scorer_tokenizer, methods, batch_size=args.sampling_batch,
+                          length=args.sampling_length, repeats=args.repeats, reference_text=args.reference_text,
+                          on_round=lambda r: print(f"round {r}/{args.repeats} done", flush=True))
+    report.update(summary=frontier_summary(report), device=device, threads=torch.get_num_threads(),
+                  checkpoints={k: str(model_folder(v)) for k, v in
+                               (p.split("=", 1) for p in args.frontier_checkpoints.split(","))},
+                  scorer=str(model_folder(args.scorer)))
+    write_json(report, args.output)
+    plot = plot_frontier(report, Path(args.output).with_suffix(".png"))
+    print(format_frontier(report))
+    ratio = report.get("baseline_ratio", float("nan"))
+    print(f"\nbaseline ratio (diffusion 16 greedy / AR greedy tokens/s): {ratio:.2f}")
+    print(f"summary: {report['summary']}")
+    print(f"written: {args.output}, {plot}")
 
 
 cli = entry_point(main)

@@ -30,8 +30,15 @@ def with_context(blocks: torch.LongTensor, token_id: int) -> torch.LongTensor:
 def score_texts(scorer, tokenizer, texts: list[str]) -> dict:
     """Gen-PPL of `texts` under the AR `scorer` (exact NLL per token over all samples) and their mean unigram
     entropy. Each text is re-encoded without special tokens and cut to the scorer's context."""
-    context, limit = prefix_token_id(tokenizer), scorer.config.max_position_embeddings - 1
-    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"][:limit] for text in texts]
+    limit = scorer.config.max_position_embeddings - 1
+    return score_ids(scorer, prefix_token_id(tokenizer),
+                     [tokenizer(text, add_special_tokens=False)["input_ids"][:limit] for text in texts])
+
+
+def score_ids(scorer, context: int, encoded: list[list[int]]) -> dict:
+    """`score_texts` of samples already in the scorer's tokenizer (lists of ids, each predicted after the `context`
+    token): no decode / re-encode round trip, which turns byte-level pieces of a character into replacement
+    characters."""
     encoded = [ids for ids in encoded if ids]
     total, count = 0.0, 0
     for ids in encoded:  # one sample at a time: lengths differ and there are few samples
