@@ -5,7 +5,7 @@
     python scripts/benchmark.py --config configs/quick_test.yaml --steps 5 --warmup 2 training.batch_size=8
     python scripts/benchmark.py --head-grid 32768x128,65536x768,65536x2048 --output results/head_grid.json
     python scripts/benchmark.py --sampling-frontier --frontier-checkpoints diffusion=RUN,autoregressive=RUN \
-        --scorer RUN --reference-text held_out.txt --sampling-batch 16 --sampling-length 128 --output frontier.json
+        --scorer RUN --reference-text held_out.txt --sampling-batch 16 --sampling-length 127 --output frontier.json
 """
 
 import argparse
@@ -48,7 +48,10 @@ def main(argv=None):
                         help="objective=run-or-checkpoint pairs, comma-separated, e.g. "
                              "diffusion=experiments/a,autoregressive=experiments/b")
     parser.add_argument("--scorer", default=None, help="AR run or checkpoint that scores the samples (gen-PPL)")
-    parser.add_argument("--reference-text", default=None, help="held-out text file: the real-text reference row")
+    parser.add_argument("--reference-text", default=None,
+                        help="held-out text file: the samplers' prompts and the real-text reference row")
+    parser.add_argument("--prompt-tokens", type=int, default=1,
+                        help="real tokens each frontier sample starts from (0: unconditional, AR after a BOS)")
     parser.add_argument("--frontier-steps", default="8,16,32,64,128,256",
                         help="diffusion step counts of ancestral (random-order) sampling")
     parser.add_argument("--cache-steps", default="16,32,64,128",
@@ -119,6 +122,7 @@ def _sampling_frontier(parser, args):
                               args.block_length, tuple(int(s) for s in args.cache_steps.split(",")))
     report = run_frontier(models, scorer, scorer_tokenizer, methods, batch_size=args.sampling_batch,
                           length=args.sampling_length, repeats=args.repeats, reference_text=args.reference_text,
+                          prompt_tokens=args.prompt_tokens,
                           on_round=lambda r: print(f"round {r}/{args.repeats} done", flush=True))
     report.update(summary=frontier_summary(report), device=device, threads=torch.get_num_threads(),
                   checkpoints={k: str(model_folder(v)) for k, v in

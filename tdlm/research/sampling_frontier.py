@@ -1,15 +1,18 @@
 """The speed-quality frontier of sampling: generated tokens/s against sample quality, per sampler.
 
-Each method samples `batch_size` unconditional rows of `length` tokens from a trained checkpoint of its objective
-(AR + KV cache at temperature 1 and with top-p 0.9; masked diffusion at several step counts, with and without
-threshold decoding and Fast-dLLM caches). One round runs every method once; `repeats` rounds after a warm-up round
-interleave the methods, so a slow spell of the shared machine hits all of them, and each method's speed is the median
-of its rounds. The samples of all rounds are its quality sample: gen-PPL under a fixed AR scorer and mean unigram
-entropy (`sample_quality.score_texts`), beside the same numbers for held-out real text cut to the same length.
+Each method samples `batch_size` rows of `length` new tokens from a trained checkpoint of its objective (AR + KV
+cache at temperature 1 and with top-p 0.9; masked diffusion at several step counts, with and without threshold
+decoding and Fast-dLLM caches). Every row starts from the first `prompt_tokens` tokens of a held-out piece of text,
+the same pieces for every method: an AR model trained on contiguous blocks has never seen a BOS, so "unconditional"
+AR sampling after one emits bytes at random. One round runs every method once; `repeats` rounds after a warm-up round
+interleave the methods, so a slow spell of the shared machine hits all of them, and each method's speed (new tokens
+per second) is the median of its rounds. The samples of all rounds (prompt + new tokens) are its quality sample:
+gen-PPL under a fixed AR scorer and mean unigram entropy (`sample_quality`), beside the same numbers for the held-out
+pieces themselves (real text of the same length).
 
-A method is a `FrontierMethod`: a name, the objective whose checkpoint it samples, and `sample(model, batch_size,
-length, generator) -> [batch_size, length] ids`. New samplers (block diffusion with its exact KV cache) join by
-adding methods for their objective and passing a checkpoint for it.
+A method is a `FrontierMethod`: a name, the objective whose checkpoint it samples, and `sample(model, prompts [B, P],
+length, generator) -> [B, length]` new ids. New samplers (block diffusion with its exact KV cache) join by adding
+methods for their objective and passing a checkpoint for it (`--frontier-checkpoints block_diffusion=...`).
 """
 
 import math
@@ -29,31 +32,39 @@ from .sample_quality import score_ids, score_texts
 class FrontierMethod:
     name: str
     objective: str  # key of the `models` dict: "autoregressive", "diffusion", ...
-    sample: Callable  # (model, batch_size, length, generator) -> LongTensor [batch_size, length]
+    sample: Callable  # (model, prompts [B, P], length, generator) -> LongTensor [B, length] of new tokens
     options: dict = field(default_factory=dict)  # recorded with the row
 
 
 def autoregressive_method(name: str, temperature: float = 1.0, **options) -> FrontierMethod:
-    """Stock `generate()` with its KV cache from a BOS token at `temperature` (0: greedy), plus `options` (top_p);
-    EOS is suppressed until `length` tokens (min_new_tokens), as diffusion always fills its canvas."""
+    """Stock `generate()` with its KV cache after the prompts (a BOS token where there are none) at `temperature`
+    (0: greedy), plus `options` (top_p); EOS is suppressed until `length` tokens (min_new_tokens), as diffusion always
+    fills its canvas."""
     sampling = {"do_sample": True, "temperature": temperature, **options} if temperature else {"do_sample": False}
 
-    def sample(model, batch_size, length, generator):
-        bos = model.config.bos_token_id if model.config.bos_token_id is not None else model.config.eos_token_id
-        prompt = torch.full((batch_size, 1), bos, dtype=torch.long, device=model.device)
+    def sample(model, prompts, length, generator):
+        if not prompts.shape[1]:
+            bos = model.config.bos_token_id if model.config.bos_token_id is not None else model.config.eos_token_id
+            prompts = prompts.new_full((prompts.shape[0], 1), bos)
+        prompts = prompts.to(model.device)
         torch.manual_seed(int(torch.randint(1 << 62, (1,), generator=generator)))  # generate() takes no generator
         with torch.no_grad():
-            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=length,
+            out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=length,
                                  min_new_tokens=length, use_cache=True, pad_token_id=model.config.pad_token_id,
                                  **sampling)
-        return out[:, 1:]
+        return out[:, prompts.shape[1]:]
     return FrontierMethod(name, "autoregressive", sample, {"temperature": temperature, **options})
 
 
 def diffusion_method(name: str, **options) -> FrontierMethod:
-    """Unconditional `diffusion_generate` with `options` (num_steps, remasking, temperature, block_length, cache...)."""
-    def sample(model, batch_size, length, generator):
-        return model.diffusion_generate(batch_size=batch_size, max_length=length, generator=generator, **options)
+    """`diffusion_generate` of `length` masks after the prompts (unconditional where there are none) with `options`
+    (num_steps, remasking, temperature, block_length, cache...)."""
+    def sample(model, prompts, length, generator):
+        if not prompts.shape[1]:
+            return model.diffusion_generate(batch_size=prompts.shape[0], max_length=length, generator=generator,
+                                            **options)
+        out = model.diffusion_generate(prompts.to(model.device), max_new_tokens=length, generator=generator, **options)
+        return out[:, prompts.shape[1]:]
     return FrontierMethod(name, "diffusion", sample, options)
 
 
@@ -82,8 +93,8 @@ def default_methods(steps_list=(8, 16, 32, 64, 128, 256), threshold: float = 0.9
 
 
 def reference_pieces(path, tokenizer, count: int, length: int) -> list[list[int]]:
-    """Real text for the reference row: the first `count` consecutive `length`-token pieces of the file `path`,
-    encoded with the sampled models' tokenizer: the shape of the samples."""
+    """Held-out real text: the first `count` consecutive `length`-token pieces of the file `path`, encoded with the
+    sampled models' tokenizer. Their first tokens prompt the samplers; whole, they are the real-text reference."""
     ids = tokenizer(Path(path).read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
     if len(ids) < count * length:
         raise ValueError(f"--reference-text {path}: {len(ids)} tokens, fewer than {count} pieces of {length}")
@@ -102,28 +113,38 @@ def _score(samples: list[list[int]], tokenizer, scorer, scorer_tokenizer) -> dic
 
 
 def run_frontier(models: dict, scorer, scorer_tokenizer, methods: list[FrontierMethod], batch_size: int = 16,
-                 length: int = 128, repeats: int = 3, seed: int = 0, reference_text=None,
+                 length: int = 128, repeats: int = 3, seed: int = 0, reference_text=None, prompt_tokens: int = 1,
                  on_round: Callable | None = None) -> dict:
-    """`models`: objective -> (model, tokenizer). Rows {method, objective, options, tokens_per_second (median of
-    `repeats` rounds), wall_time_s, rounds_s, gen_ppl, gen_nll, unigram_entropy, num_samples, num_tokens} for every
-    method whose objective has a model, a "real text" reference (no speed) when `reference_text` is given (cut with
-    the first model's tokenizer), and the baseline ratio."""
+    """`models`: objective -> (model, tokenizer). Rows {method, objective, options, tokens_per_second (new tokens,
+    median of `repeats` rounds), wall_time_s, rounds_s, gen_ppl, gen_nll, unigram_entropy, num_samples, num_tokens}
+    for every method whose objective has a model, the "real text" reference (no speed) and the baseline ratio.
+    Prompts and reference come from `reference_text` (cut with the first model's tokenizer); without it the samplers
+    start from nothing (`prompt_tokens` must be 0)."""
     methods = [m for m in methods if m.objective in models]
     if not methods:
         raise ValueError(f"no method samples any of the given objectives {sorted(models)}")
+    if reference_text is None and prompt_tokens:
+        raise ValueError("prompts come from the reference text: give --reference-text or --prompt-tokens 0")
+    pieces = None
+    if reference_text is not None:
+        tokenizer = next(iter(models.values()))[1]
+        pieces = reference_pieces(reference_text, tokenizer, batch_size * (repeats + 1), prompt_tokens + length)
     times = {m.name: [] for m in methods}
     samples = {m.name: [] for m in methods}
     for round_index in range(repeats + 1):  # round 0 warms up (allocator, kernels) and is not counted
+        rows = range(round_index * batch_size, (round_index + 1) * batch_size)
+        prompts = torch.tensor([pieces[i][:prompt_tokens] for i in rows] if pieces else [[]] * batch_size,
+                               dtype=torch.long).view(batch_size, prompt_tokens)
         for number, method in enumerate(methods):
             generator = torch.Generator().manual_seed(seed + 1000 * round_index + number)
             start = time.perf_counter()
-            ids = method.sample(models[method.objective][0], batch_size, length, generator)
+            ids = method.sample(models[method.objective][0], prompts, length, generator)
             seconds = time.perf_counter() - start
             if tuple(ids.shape) != (batch_size, length):
                 raise RuntimeError(f"{method.name} returned shape {tuple(ids.shape)}, not {(batch_size, length)}")
             if round_index:
                 times[method.name].append(seconds)
-                samples[method.name] += ids.tolist()
+                samples[method.name] += torch.cat([prompts, ids.cpu()], 1).tolist()
         if on_round is not None:
             on_round(round_index)
     rows = []
@@ -133,12 +154,11 @@ def run_frontier(models: dict, scorer, scorer_tokenizer, methods: list[FrontierM
                      "tokens_per_second": batch_size * length / seconds, "wall_time_s": seconds,
                      "rounds_s": times[method.name],
                      **_score(samples[method.name], models[method.objective][1], scorer, scorer_tokenizer)})
-    report = {"batch_size": batch_size, "length": length, "repeats": repeats, "rows": rows}
-    if reference_text is not None:
-        tokenizer = next(iter(models.values()))[1]
-        pieces = reference_pieces(reference_text, tokenizer, batch_size * repeats, length)
+    report = {"batch_size": batch_size, "length": length, "prompt_tokens": prompt_tokens, "repeats": repeats,
+              "rows": rows}
+    if pieces is not None:  # the pieces whose prompts the counted rounds used
         report["reference"] = {"method": "real text", "source": str(reference_text),
-                               **_score(pieces, tokenizer, scorer, scorer_tokenizer)}
+                               **_score(pieces[batch_size:], tokenizer, scorer, scorer_tokenizer)}
     speed = {row["method"]: row["tokens_per_second"] for row in rows}
     if all(name in speed for name in BASELINE):
         report["baseline_ratio"] = speed[BASELINE[0]] / speed[BASELINE[1]]
