@@ -54,6 +54,8 @@ def test_frontier_cli_writes_every_method_the_reference_and_a_plot(checkpoints, 
     assert reference["num_tokens"] == 4 * 9 and reference["unigram_entropy"] > 1  # 2 rounds x 2 rows x (1 + 8)
     for row in report["rows"]:
         assert row["num_tokens"] <= 4 * 9
+        assert ("agreement_with_uncached" in row) == bool(row["options"].get("cache"))
+        assert 0.0 <= row.get("agreement_with_uncached", 0.0) <= 1.0
     assert report["baseline_ratio"] > 0 and "ar_gen_ppl" in report["summary"]
     assert output.with_suffix(".png").stat().st_size > 10_000
 
