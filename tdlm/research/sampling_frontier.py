@@ -224,7 +224,8 @@ def plot_frontier(report: dict, path) -> Path:
 
     families = {}
     for row in report["rows"]:
-        family = row["method"].rsplit(" ", 1)[0] if row["method"][-1].isdigit() else row["method"]
+        steps_last = row["objective"] != "autoregressive" and row["method"][-1].isdigit()  # "<family> <steps>"
+        family = row["method"].rsplit(" ", 1)[0] if steps_last else row["method"]
         families.setdefault(family, []).append(row)
     figure, axis = plt.subplots(figsize=(8, 5))
     markers = "os^vD<>pPhX*"
