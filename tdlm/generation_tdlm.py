@@ -5,7 +5,8 @@ infilling). Each step runs the model, proposes a token for every masked position
 block, and commits the most confident ones (the remasking rule); how many are committed at step k follows
 the step schedule (`schedules.unmask_counts`), counted per row, so a row's output never depends on the
 rest of its batch. Rows with nothing to commit at a step skip the model call, finished rows leave the
-batch, and the LM head runs only at positions still masked in the current block.
+batch, and the LM head runs only where its output is used (`_commit_step`). With `cache`, the backbone reuses
+keys/values outside the current block across its steps (`BlockKVCache`, Fast-dLLM).
 
 As in Dream's generation utilities, `diffusion_generate` only sets up (options, canvas, hooks) and `_sample`
 runs the loop, which calls per-step hooks: a logits hook before proposals are drawn and a tokens hook after
@@ -562,7 +563,8 @@ class DiffusionGenerationMixin:
                 still undecided); `positions` (bool [B, L]) are the places with logits this step: the masks of each
                 row's current block, none in rows that skip the step; `logits` are float [N, V] at those places, in
                 row-major order of `positions`. Return logits of the same shape (the mask token stays at -inf).
-                Guidance (`cfg_scale`, `ClassifierFreeGuidance`) is such a hook and runs first.
+                Guidance (`cfg_scale`, `ClassifierFreeGuidance`) is such a hook and runs first. A logits hook makes the
+                head run at every candidate (the full-logits route of `_commit_step`).
             tokens_hook(step, tokens, committed) -> tokens: called after every step's commits with the [B, L]
                 canvas and bool [B, L] `committed` (what this step committed); returns the canvas (it may edit it
                 in place). Masks it fills count as decided at this step; masks it puts back are sampled again (so
