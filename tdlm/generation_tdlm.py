@@ -25,7 +25,6 @@ from transformers.utils import ModelOutput
 from .schedules import STEP_SCHEDULES, get_noise_schedule, unmask_counts
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Remasking rules: which masked positions to commit first
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Downstream tasks read from local files, as prompts, and as lm-eval task YAMLs that build the same prompts.
 
 Every task is a `Task` record in `TASKS` (its loader, its lm-eval YAML writer, its Hub data set for the model card);
-`register_task` adds one, also from outside the package. Each task yields `Doc`s: a context string, answer choices (scored as `delimiter + choice`) and the gold
-index. Prompt formats follow lm-eval's stock tasks (HellaSwag, MMLU's "default" variant, ARC, PIQA, BoolQ,
-LAMBADA), so numbers are comparable to lm-eval's, and `write_lm_eval_tasks` writes task YAMLs for exactly
-these prompts (tested: lm-eval's `hf` backend on those YAMLs gives our per-choice log-likelihoods).
+`register_task` adds one, also from outside the package. Each task yields `Doc`s: a context string, answer choices
+(scored as `delimiter + choice`) and the gold index. Prompt formats follow lm-eval's stock tasks (HellaSwag, MMLU's
+"default" variant, ARC, PIQA, BoolQ, LAMBADA), so numbers are comparable to lm-eval's, and `write_lm_eval_tasks`
+writes task YAMLs for exactly these prompts (tested: lm-eval's `hf` backend on those YAMLs gives our per-choice
+log-likelihoods).
 
 Data layout (default `../shared/data` relative to the repository root, or any folder with the same layout):
   hellaswag/hellaswag_val.jsonl          query, endings, label
@@ -326,7 +327,8 @@ def _icl_task(name: str, dataset: HubDataset) -> Task:
 
 _MMLU = HubDataset("cais/mmlu", "MMLU", "all", "test")
 for _task in (
-    Task("hellaswag", load_hellaswag, _hellaswag_lm_eval, HubDataset("Rowan/hellaswag", "HellaSwag", None, "validation")),
+    Task("hellaswag", load_hellaswag, _hellaswag_lm_eval,
+         HubDataset("Rowan/hellaswag", "HellaSwag", None, "validation")),
     Task("mmlu", _mmlu_loader(0), _mmlu_lm_eval(0), _MMLU, MMLU_SUBJECTS),
     Task("mmlu_5shot", _mmlu_loader(5), _mmlu_lm_eval(5), _MMLU, MMLU_SUBJECTS),
     _icl_task("arc_easy", HubDataset("allenai/ai2_arc", "ARC-Easy", "ARC-Easy", "test")),
