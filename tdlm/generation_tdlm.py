@@ -22,6 +22,7 @@ import torch
 from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
+from .configuration_tdlm import InvalidConfigValue
 from .schedules import STEP_SCHEDULES, get_noise_schedule, unmask_counts
 
 
@@ -111,11 +112,17 @@ class DiffusionGenerationConfig(GenerationConfig):
         kwargs.setdefault("top_p", None)
         super().__init__(**kwargs)
 
+    @classmethod
+    def for_model(cls, model_config, **options) -> "DiffusionGenerationConfig":
+        """Sampling options for a model: its special token ids, and its max_position_embeddings as max_length."""
+        return cls(**options, bos_token_id=model_config.bos_token_id, eos_token_id=model_config.eos_token_id,
+                   pad_token_id=model_config.pad_token_id, max_length=model_config.max_position_embeddings)
+
     def validate(self, strict: bool = False, **kwargs):
         # GenerationConfig's own checks assume autoregressive sampling (do_sample flags, beams); ours differ.
         # Non-finite numbers are refused: temperature=inf never finishes, nan silently proposes token 0.
         def fail(field, message):
-            raise ValueError(f"DiffusionGenerationConfig.{field}: {message}, got {getattr(self, field)!r}")
+            raise InvalidConfigValue("DiffusionGenerationConfig", field, f"{message}, got {getattr(self, field)!r}")
 
         def is_int(value):
             return isinstance(value, int) and not isinstance(value, bool)
