@@ -113,6 +113,18 @@ def get_noise_schedule(name: str) -> NoiseSchedule:
     return NOISE_SCHEDULES[name]()
 
 
+# corruption levels of the research metrics and gradient heatmaps, by mask ratio 1 - a_t:
+# [0, 0.3) low, [0.3, 0.7) medium, [0.7, 1] high
+LEVELS = ("low", "medium", "high")
+LEVEL_BOUNDARIES = (0.3, 0.7)
+
+
+def corruption_levels(mask_ratio: torch.Tensor) -> torch.LongTensor:
+    """0 / 1 / 2 for low / medium / high corruption."""
+    boundaries = torch.tensor(LEVEL_BOUNDARIES, dtype=mask_ratio.dtype, device=mask_ratio.device)
+    return torch.bucketize(mask_ratio.contiguous(), boundaries, right=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Forward process q(x_t | x_0)
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ mixed precision that ran (here chosen by accelerate's environment) is what the s
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_trainer import corpus, tiny_config  # noqa: F401  (corpus: a fixture)
+from training_helpers import tiny_config
 
 from tdlm.config import ConfigError, trackers
 from tdlm.runs import Experiment

@@ -35,10 +35,9 @@ from ..runs import (
     list_checkpoints,
     staging_folder,
 )
-from ..schedules import diffusion_targets, get_noise_schedule
+from ..schedules import corruption_levels, diffusion_targets, get_noise_schedule
 from .metrics import (
     attention_metrics,
-    corruption_levels,
     level_gradient_norms,
     level_statistics,
     prediction_metrics,
