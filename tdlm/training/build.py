@@ -104,4 +104,5 @@ def training_arguments(config: dict, experiment: Experiment, **extra) -> Trainin
         os.environ.setdefault("WANDB_DIR", str(experiment.logs_dir))
     if "tensorboard" in report_to:  # event files next to metrics.jsonl, per experiment (default: checkpoints/runs)
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(experiment.logs_dir / "tensorboard")
-    return schema.training_arguments(config, str(experiment.checkpoints_dir), experiment.experiment_id, **extra)
+    fields = {"output_dir": str(experiment.checkpoints_dir), "run_name": experiment.experiment_id, **extra}
+    return schema.training_arguments(config, **fields)
