@@ -10,6 +10,11 @@ Defaults are not restated here; they come from the classes that own them:
   (`TRAINING_DEFAULTS`, each with its reason).
 Keys that exist only in this platform (tokenizer, data files, checkpoint cadence, ...) are listed with their
 defaults below. The resolved config is saved in each experiment folder (see runs.py).
+
+A validated config hands out what it describes, built in one place each: `model_config` (TDLMConfig, given the
+tokenizer's ids), `generation_config` (DiffusionGenerationConfig) and `training_arguments` (TrainingArguments).
+Validation runs the owners' own rules (`TDLMConfig.check_values`, `DiffusionGenerationConfig.validate`), whose
+errors carry the offending field; the precision that runs (`running_precision`) is resolved here too.
 """
 
 import copy
