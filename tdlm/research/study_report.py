@@ -154,8 +154,8 @@ def format_markdown(study: dict) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for v in summary["verdicts"]:
         lines.append(f"| {tokens_label(v['budget'])} | {v['seed']} | {v['comparison']} | {v['diffusion']} | "
-                     f"{v['ar']} | {v['difference']:+.3f} | {v['standard_error']:.3f} ({v['cluster_standard_error']:.3f}, "
-                     f"{v['monte_carlo_standard_error']:.3f}) | {v['winner']} |")
+                     f"{v['ar']} | {v['difference']:+.3f} | {v['standard_error']:.3f} "
+                     f"({v['cluster_standard_error']:.3f}, {v['monte_carlo_standard_error']:.3f}) | {v['winner']} |")
     lines += ["", "## Crossover: measured vs predicted", "",
               "| budget | predicted C_crit (FLOPs) | measured crossover (FLOPs) | largest compute trained |",
               "|---|---|---|---|"]
