@@ -11,8 +11,8 @@ unique training tokens that is repeated for many epochs.
   two checkpoints are compared on the same draws).
 - Schedule: warmup-stable-decay. An arm trains at constant learning rate; at epochs 2, 3, 4, 6, 8, 12, ... and its
   last it branches a cool-down of `cooldown` x epochs with the rate decaying linearly to 0, scores it and resumes the
-  stable run. Each branch stands for a run whose decay ends there (Hägele et al. 2024), so an arm's best branch is its best
-  over schedule lengths: the same rule for both objectives. An arm stops once `patience` branches in a row were
+  stable run. Each branch stands for a run whose decay ends there (Hägele et al. 2024), so an arm's best branch is its
+  best over schedule lengths: the same rule for both objectives. An arm stops once `patience` branches in a row were
   worse than its best by more than 2 standard errors (paired, clustered by document).
 - Arms: objective x model size x seed (x dropout). Each arm's folder holds state.pt, rewritten at every branch
   (an interrupted arm continues from its last branch, bit for bit), its best model, and result.json once finished;
