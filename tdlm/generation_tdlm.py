@@ -24,13 +24,58 @@ import torch.nn.functional as F
 from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
+from .configuration_tdlm import InvalidConfigValue
 from .schedules import STEP_SCHEDULES, get_noise_schedule, unmask_counts
 
-REMASKING_RULES = ("low_confidence", "margin", "entropy", "random")
+
+# ---------------------------------------------------------------------------------------------
+# Remasking rules: which masked positions to commit first
+# ---------------------------------------------------------------------------------------------
+def _low_confidence(logits, tokens, generator=None):
+    """p(proposal); exp(logit - logsumexp) needs no [N, V] softmax."""
+    return (logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1)).exp()
+
+
+def _margin(logits, tokens, generator=None):
+    """Top-1 minus top-2 probability."""
+    top2 = (logits.topk(2, dim=-1).values - logits.logsumexp(-1)[:, None]).exp()
+    return top2[:, 0] - top2[:, 1]
+
+
+def _entropy(logits, tokens, generator=None):
+    """Minus the entropy of the proposal distribution."""
+    probs = logits.softmax(-1)
+    return (probs * probs.clamp_min(1e-30).log()).sum(-1)
+
+
+def _random(logits, tokens, generator=None):
+    """Uniform noise: a random order."""
+    return torch.rand(tokens.shape, generator=generator, device=logits.device)
+
+
+# name -> confidence(logits [N, V] float, after top-k/top-p and with the mask token at -inf; tokens [N], the
+# proposals; generator) -> [N]; larger is committed first
+REMASKING_RULES = {"low_confidence": _low_confidence, "margin": _margin, "entropy": _entropy, "random": _random}
+
+
+def register_remasking_rule(name: str, confidence=None):
+    """Add a remasking rule `confidence(logits, tokens, generator) -> [N]` (see `REMASKING_RULES`). Usable as
+    `register_remasking_rule("name", fn)` or as a decorator `@register_remasking_rule("name")`; the name then
+    works as `remasking` in `diffusion_generate`, the YAML's sampling section and `tdlm-generate --remasking`."""
+    def add(function):
+        if not callable(function):
+            raise TypeError(f"remasking rule {name!r} must be callable, got {type(function).__name__}")
+        REMASKING_RULES[name] = function
+        return function
+
+    return add(confidence) if confidence is not None else add
+
+
 CACHE_MODES = ("prefix", "dual")
-# rules whose proposals and confidence a chunked pass over the vocabulary gives (`streamed_proposals`); "entropy"
-# is left out: its streamed sum differs from the softmax's by float rounding, enough to reorder near-equal entropies
-STREAMED_RULES = ("low_confidence", "margin")
+# the built-in rules whose proposals and confidence a chunked pass over the vocabulary gives (`streamed_proposals`);
+# "entropy" is left out: its streamed sum differs from the softmax's by float rounding, enough to reorder near-equal
+# entropies
+STREAMED_RULES = {"low_confidence": _low_confidence, "margin": _margin}
 PROPOSAL_CHUNK_SIZE = 8192  # vocabulary columns per chunk of `streamed_proposals`: bounds its [rows, chunk] buffer
 # Hugging Face generation options that diffusion sampling reads; any other one set would be silently ignored, so
 # `diffusion_generate` refuses it. (Older transformers saved these neutral values in generation_config.json.)
@@ -47,9 +92,11 @@ class DiffusionGenerationConfig(GenerationConfig):
 
     Args:
         num_steps: budget of sampling steps (model calls); all masks are committed within it.
-        step_schedule: "cosine" (few tokens first, many at the end; default) or "linear".
+        step_schedule: "cosine" (few tokens first, many at the end; default), "linear", or any name added with
+            `schedules.register_step_schedule`.
         remasking: which masked positions to commit: "low_confidence" (highest probability of the
-            proposal), "margin" (top-1 minus top-2 probability), "entropy" (lowest entropy) or "random".
+            proposal), "margin" (top-1 minus top-2 probability), "entropy" (lowest entropy), "random", or any name
+            added with `register_remasking_rule`.
         confidence_threshold: also commit every proposal whose confidence exceeds it, at least one per
             step (Fast-dLLM style parallel decoding); the step schedule still gives the minimum per step.
         block_length: semi-autoregressive decoding in blocks of this many masks, left to right; the
@@ -90,11 +137,17 @@ class DiffusionGenerationConfig(GenerationConfig):
         kwargs.setdefault("top_p", None)
         super().__init__(**kwargs)
 
+    @classmethod
+    def for_model(cls, model_config, **options) -> "DiffusionGenerationConfig":
+        """Sampling options for a model: its special token ids, and its max_position_embeddings as max_length."""
+        return cls(**options, bos_token_id=model_config.bos_token_id, eos_token_id=model_config.eos_token_id,
+                   pad_token_id=model_config.pad_token_id, max_length=model_config.max_position_embeddings)
+
     def validate(self, strict: bool = False, **kwargs):
         # GenerationConfig's own checks assume autoregressive sampling (do_sample flags, beams); ours differ.
         # Non-finite numbers are refused: temperature=inf never finishes, nan silently proposes token 0.
         def fail(field, message):
-            raise ValueError(f"DiffusionGenerationConfig.{field}: {message}, got {getattr(self, field)!r}")
+            raise InvalidConfigValue("DiffusionGenerationConfig", field, f"{message}, got {getattr(self, field)!r}")
 
         def is_int(value):
             return isinstance(value, int) and not isinstance(value, bool)
@@ -107,9 +160,9 @@ class DiffusionGenerationConfig(GenerationConfig):
             if (value is not None or field == "num_steps") and not (is_int(value) and value >= 1):
                 fail(field, "must be an integer >= 1")
         if self.step_schedule not in STEP_SCHEDULES:
-            fail("step_schedule", f"must be one of {STEP_SCHEDULES}")
+            fail("step_schedule", f"must be one of {tuple(STEP_SCHEDULES)}")
         if self.remasking not in REMASKING_RULES:
-            fail("remasking", f"must be one of {REMASKING_RULES}")
+            fail("remasking", f"must be one of {tuple(REMASKING_RULES)}")
         if self.cache not in (None, *CACHE_MODES):
             fail("cache", f"must be None or one of {CACHE_MODES}")
         if self.top_p is not None and not (is_number(self.top_p) and 0.0 < self.top_p <= 1.0):
@@ -187,25 +240,10 @@ def sample_proposals(logits, config: DiffusionGenerationConfig, generator=None):
 
 
 def propose_tokens(logits, config: DiffusionGenerationConfig, generator=None):
-    """Proposed x_0 tokens and their confidence under `config.remasking` for rows of logits [N, V].
-
-    Confidence is larger for positions to commit first: p(proposal) for "low_confidence", top-1 minus
-    top-2 probability for "margin", minus the entropy for "entropy", uniform noise for "random".
-    Probabilities are exp(logit - logsumexp): only "entropy" materialises the [N, V] softmax.
-    """
+    """Proposed x_0 tokens and their confidence under `config.remasking` (`REMASKING_RULES`) for rows of
+    logits [N, V]."""
     logits, tokens = sample_proposals(logits, config, generator)
-    if config.remasking == "random":
-        return tokens, torch.rand(tokens.shape, generator=generator, device=logits.device)
-    log_normaliser = logits.logsumexp(-1)
-    if config.remasking == "low_confidence":
-        confidence = (logits.gather(-1, tokens[:, None]).squeeze(-1) - log_normaliser).exp()
-    elif config.remasking == "margin":
-        top2 = (logits.topk(2, dim=-1).values - log_normaliser[:, None]).exp()
-        confidence = top2[:, 0] - top2[:, 1]
-    else:
-        probs = logits.softmax(-1)
-        confidence = (probs * probs.clamp_min(1e-30).log()).sum(-1)  # minus the entropy
-    return tokens, confidence.float()
+    return tokens, REMASKING_RULES[config.remasking](logits, tokens, generator).float()
 
 
 def streamed_proposals(hidden, weight, config: DiffusionGenerationConfig, mask_id: int, generator=None,
@@ -536,14 +574,11 @@ class DiffusionGenerationMixin:
                             cache=cache).last_hidden_state
         return hidden[positions[:, start:end]]
 
-    def _active_logits(self, tokens, attention_mask, positions, prompt=None, cfg_scale=0.0, cache=None):
+    def _active_logits(self, tokens, attention_mask, positions, cache=None):
         """Float logits only at `positions` (bool [b, L]) of a sub-batch, in row-major order, the mask token's at -inf:
-        the head runs only where a proposal is needed (`_active_hidden`). With `cfg_scale` > 0, guided by
-        the same rows with their `prompt` positions (bool [b, L]) masked (`ClassifierFreeGuidance`)."""
+        the head runs only where a proposal is needed (`_active_hidden`)."""
         logits = self.lm_head(self._active_hidden(tokens, attention_mask, positions, cache)).float()
         logits[:, self.config.mask_token_id] = float("-inf")
-        if cfg_scale:
-            logits = ClassifierFreeGuidance(self, attention_mask, prompt, cfg_scale)(None, tokens, logits, positions)
         return logits
 
     @torch.no_grad()
@@ -594,20 +629,23 @@ class DiffusionGenerationMixin:
     def _commit_step(self, step, x, attention_mask, rows, positions, k, config, generator, logits_hooks, cache):
         """One step of the sub-batch `rows`: (bool [b, L] what each of them commits, the committed tokens in row-major
         order). The LM head runs only where its output is used:
-        - "random" order (no logits hooks): the order is noise, drawn first; the head runs at the committed rows only.
-        - rules in `STREAMED_RULES` with a vocabulary above `PROPOSAL_CHUNK_SIZE`, no hooks and no top-k/top-p: the
-          head streams over the vocabulary (`streamed_proposals`) without writing [rows, vocab] logits.
+        - the built-in "random" order (no logits hooks): the order is noise, drawn first; the head runs at the
+          committed rows only.
+        - the built-in rules in `STREAMED_RULES` with a vocabulary above `PROPOSAL_CHUNK_SIZE`, no hooks and no
+          top-k/top-p: the head streams over the vocabulary (`streamed_proposals`) without writing [rows, vocab]
+          logits.
         - otherwise the logits at every candidate (`positions`), which the logits hooks may change.
         Greedy proposals are the same on every route; sampled ones equal in distribution."""
         inputs, candidates = (x[rows], attention_mask[rows]), positions[rows]
         threshold = config.confidence_threshold
         plain = not logits_hooks and config.top_k is None and config.top_p in (None, 1.0)
-        if config.remasking == "random" and not logits_hooks:
+        rule = REMASKING_RULES[config.remasking]
+        if rule is _random and not logits_hooks:
             confidence = torch.rand(int(candidates.sum()), generator=generator, device=x.device)
             commit = _most_confident(candidates, confidence, k, threshold)
             return commit, sample_proposals(self._active_logits(*inputs, commit, cache=cache), config, generator)[1]
         head = self.lm_head
-        if (plain and config.remasking in STREAMED_RULES and head.weight.shape[0] > PROPOSAL_CHUNK_SIZE
+        if (plain and STREAMED_RULES.get(config.remasking) is rule and head.weight.shape[0] > PROPOSAL_CHUNK_SIZE
                 and isinstance(head, torch.nn.Linear) and head.bias is None):
             hidden = self._active_hidden(*inputs, candidates, cache)
             proposals, confidence = streamed_proposals(hidden, head.weight, config, self.config.mask_token_id,

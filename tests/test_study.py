@@ -16,7 +16,7 @@ from tdlm.research import study
 from tdlm.research.reuse import fit_reuse, reuse_loss
 from tdlm.research.sample_quality import sample_quality, score_texts, unigram_entropy, with_context
 from tdlm.research.statistics import clustered_standard_error, paired_difference
-from tdlm.research.study_report import critical_compute, regenerate
+from tdlm.research.study_report import claims, critical_compute, regenerate
 from tdlm.tokenization import train_bpe_tokenizer
 from tdlm.training import build_model, build_tokenizer
 
@@ -126,6 +126,14 @@ def test_clustered_standard_error_is_calibrated():
     assert np.mean(naive) < truth / 3
 
 
+def test_a_claim_needs_every_seed():
+    def runs(budget, *winners):
+        return [{"budget": budget, "comparison": "best size vs best size", "winner": w} for w in winners]
+
+    rows = runs(1, "ar", "ar") + runs(2, "diffusion") + runs(3, "ar", "tie (within 2 SE)") + runs(4, "tie", "tie")
+    assert [c["claim"] for c in claims(rows)] == ["ar", None, None, None]
+
+
 def test_branch_epochs_and_grid_errors(tiny):
     assert study.branch_epochs(300) == [2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 300]
     assert study.branch_epochs(5) == [2, 3, 4, 5]
@@ -188,10 +196,9 @@ def test_patience_stops_an_overfitting_arm(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(study.ArmTrainer, "_branch", fake_branch)
     monkeypatch.setattr(study.ArmTrainer, "_save", lambda self: None)
-    trainer = study.ArmTrainer(study.Arm("ar", "32x1", 320), study.arm_config(tiny, study.Arm("ar", "32x1", 1), 32),
-                               build_tokenizer(tiny), study.StudyData(tiny["data"]["prepared"], 32).budget_blocks(320, 0),
-                               study.StudyData(tiny["data"]["prepared"], 32), {**SETTINGS, "max_epochs": 300},
-                               tmp_path)
+    arm, data = study.Arm("ar", "32x1", 320), study.StudyData(tiny["data"]["prepared"], 32)
+    trainer = study.ArmTrainer(arm, study.arm_config(tiny, arm, 32), build_tokenizer(tiny), data.budget_blocks(320, 0),
+                               data, {**SETTINGS, "max_epochs": 300}, tmp_path)
     trainer.train()
     assert [p["epoch"] for p in trainer.points] == [2, 3, 4, 6]  # two worse branches in a row: stop
     assert trainer.epoch == 6
@@ -201,7 +208,8 @@ def test_patience_stops_an_overfitting_arm(tiny, tmp_path, monkeypatch):
 def test_tiny_study_writes_report_after_each_arm(tiny, tmp_path):
     out = tmp_path / "study"
     result = study.run_study(tiny, "320,640", "32x1,48x1", out, max_epochs=3, cooldown=0.5, selection_samples=2,
-                             report_samples=2, extra_seeds=1, dropout=0.1)
+                             report_samples=2, extra_seeds=1, dropout=0.1, gen_samples=2, gen_steps=4,
+                             scorer_tokens=640, scorer_size="32x1")
     names = {a["name"] for a in result["arms"]}
     assert len(names) == 2 * 2 * 2 + 2 + 2  # budgets x sizes x objectives, a second seed and dropout per objective
     assert {"ar", "diffusion"} == {a["objective"] for a in result["arms"] if a["seed"] == 1}
@@ -209,6 +217,11 @@ def test_tiny_study_writes_report_after_each_arm(tiny, tmp_path):
     assert {v["seed"] for v in verdicts} == {0, 1}
     assert all(v["standard_error"] >= v["cluster_standard_error"] > 0 for v in verdicts)
     assert result["environment"]["git_commit"] and result["environment"]["command"]
+    quality = result["sample_quality"]["rows"]
+    assert quality[0]["name"].startswith("held-out text") and len(quality) == 1 + 2 * 2  # reference + best arms
+    assert all(q["gen_ppl"] > 1 and q["unigram_entropy"] > 0 for q in quality)
+    scorer_documents = study.used_documents(study.StudyData(tiny["data"]["prepared"], 32), result["arms"], 0)
+    assert len(scorer_documents) < 60  # documents were left for the scorer
     markdown = (out / "study.md").read_text()
     assert "predicted C_crit" in markdown and "not identified" in markdown or "R*" in markdown
     assert (out / "study.png").stat().st_size > 1000
