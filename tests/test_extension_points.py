@@ -67,7 +67,8 @@ def test_a_registered_remasking_rule_orders_the_commits(registered):
     table = table * torch.linspace(0.5, 4.0, length)[:, None]
     table[:, MASK] = float("-inf")
     # the proposal at canvas column c has logits table[c] whatever the context: the order is the rule's alone
-    model._active_logits = lambda tokens, attention_mask, positions: table[positions.nonzero()[:, 1]].clone()
+    model._active_logits = (lambda tokens, attention_mask, positions, cache=None:
+                            table[positions.nonzero()[:, 1]].clone())
     calls["least_confident"] = 0
     out = model.diffusion_generate(torch.full((1, length), MASK), num_steps=length, step_schedule="linear",
                                    remasking="least_confident", return_dict_in_generate=True)
