@@ -8,6 +8,7 @@ checkpoint's config.training_mode says. The tokenizer is loaded from the checkpo
 import argparse
 import sys
 
+from ..objectives import objective_for
 from ..runs import load_checkpoint
 from ..text_generation import generate_text
 from . import entry_point
@@ -43,7 +44,8 @@ def main(argv=None):
     model, tokenizer = load_checkpoint(args.model, args.device)
     options = {k: v for k, v in vars(args).items()
                if k in DIFFUSION_OPTIONS + ("temperature", "top_k", "top_p") and v is not None}
-    if model.config.is_diffusion:
+    objective = objective_for(model.config)
+    if objective.corrupts:
         if args.stop_at_eos:
             options["stop_at_eos"] = True
     else:
@@ -53,9 +55,8 @@ def main(argv=None):
     prompts = args.prompt if args.prompt is not None else [""]
     texts = generate_text(model, tokenizer, prompts, args.max_new_tokens, args.num_samples, args.seed,
                           show_progress=not args.quiet, **options)
-    sampler = "diffusion_generate" if model.config.is_diffusion else "generate (KV cache)"
     for i, text in enumerate(texts):
-        print(f"--- sample {i} ({model.config.training_mode}, {sampler}) ---")
+        print(f"--- sample {i} ({model.config.training_mode}, {objective.sampler}) ---")
         print(text)
 
 

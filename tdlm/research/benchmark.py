@@ -20,11 +20,12 @@ from torch.autograd import DeviceType
 from transformers import TrainerCallback
 
 from ..config import CHOICES
-from ..data import BlockDataset, DataCollatorForTDLM
+from ..data import BlockDataset
 from ..evaluation.sampling_speed import benchmark_sampling
+from ..objectives import objective_for
 from ..runs import Experiment
-from ..schedules import diffusion_targets, get_noise_schedule
-from ..training import DiffusionTrainer, build_model, build_tokenizer, training_arguments
+from ..schedules import get_noise_schedule
+from ..training import build_model, build_tokenizer, make_trainer, training_arguments
 
 # dense bf16 peak FLOP/s used for model FLOPs utilisation (vendor datasheets)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -60,10 +61,19 @@ def training_flops_per_token(config, head_fraction: float) -> float:
 
 
 def _for_mode(config: dict, mode: str) -> dict:
-    """A copy of the config with another objective (the caller's config is left alone)."""
+    """A copy of the config with another objective (the caller's config is left alone); block_diffusion keeps the
+    config's model.bd_block_size, else takes blocks of BD_BLOCK_SIZE tokens."""
     variant = json.loads(json.dumps(config))
-    variant["model"]["training_mode"] = mode
+    model = variant["model"]
+    model["training_mode"] = mode
+    if mode != "block_diffusion":
+        model["bd_block_size"] = None
+    elif model.get("bd_block_size") is None:
+        model["bd_block_size"] = min(BD_BLOCK_SIZE, variant["data"]["block_size"])
     return variant
+
+
+BD_BLOCK_SIZE = 16  # BD3-LM's common block length
 
 
 def _autocast_dtype(config: dict):
@@ -103,7 +113,7 @@ def _summary(times, warmup, tokens_per_step):
 
 
 def benchmark_trainer(config: dict, tokenizer, mode: str, device: torch.device, steps: int, warmup: int) -> dict:
-    """Tokens/s of `DiffusionTrainer` exactly as `scripts/train.py` builds it (precision, compile, optimizer)."""
+    """Tokens/s of `TDLMTrainer` exactly as `scripts/train.py` builds it (precision, compile, optimizer)."""
 
     config = _for_mode(config, mode)
     t = config["training"]
@@ -117,8 +127,8 @@ def benchmark_trainer(config: dict, tokenizer, mode: str, device: torch.device, 
         args = training_arguments(config, experiment, max_steps=steps + warmup, logging_steps=10**9,
                                   report_to="none", use_cpu=device.type == "cpu", disable_tqdm=True,
                                   warmup_steps=0)
-        trainer = DiffusionTrainer(model=model, args=args, train_dataset=BlockDataset(blocks),
-                                   data_collator=DataCollatorForTDLM(tokenizer.pad_token_id), callbacks=[timer])
+        trainer = make_trainer(model, args, tokenizer.pad_token_id, train_dataset=BlockDataset(blocks),
+                               callbacks=[timer])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         trainer.train()
@@ -135,14 +145,21 @@ def _with_utilisation(result: dict, model_config, mode: str, device: torch.devic
             "mfu": result["tokens_per_second"] * flops / peak if peak else None}
 
 
-def _loss_fn(model, mode, schedule, generator):
-    def loss(batch):  # unpadded blocks: no attention_mask, as the Trainer's collator gives them
-        if mode == "autoregressive":
-            return model(input_ids=batch, labels=batch).loss
-        targets = diffusion_targets(batch, torch.ones_like(batch), schedule, model.config.mask_token_id,
-                                    antithetic=True, generator=generator)
-        return model(input_ids=targets["input_ids"], labels=targets["labels"],
-                     loss_weights=targets["loss_weights"], num_items_in_batch=targets["num_items_in_batch"]).loss
+def _objective_inputs(model, batch, schedule, generator) -> dict:
+    """The model's keyword arguments for unpadded blocks, prepared by its objective as the Trainer prepares them
+    (AR: the collator's context token; the diffusion objectives: one corruption over the full mask-ratio range)."""
+    config = model.config
+    objective = objective_for(config)
+    collated = objective.collator(config, config.pad_token_id)([{"input_ids": row} for row in batch])
+    if not objective.corrupts:
+        return objective.model_inputs(collated, None)
+    targets = objective.training_targets(collated["input_ids"], None, config, schedule, generator, (0.0, 1.0), True)
+    return {**objective.model_inputs(collated, targets), "num_items_in_batch": targets["num_items_in_batch"]}
+
+
+def _loss_fn(model, schedule, generator):
+    def loss(batch):
+        return model(**_objective_inputs(model, batch, schedule, generator)).loss
     return loss
 
 
@@ -159,7 +176,7 @@ def _bare_loop(config: dict, tokenizer, mode: str, device: torch.device, num_ste
     blocks = _random_blocks(batch_size * num_steps, length, model.config.vocab_size,
                             model.config.mask_token_id).to(device)
     schedule = get_noise_schedule(model.config.noise_schedule)
-    loss_fn = _loss_fn(model, mode, schedule, torch.Generator(device=device).manual_seed(0))
+    loss_fn = _loss_fn(model, schedule, torch.Generator(device=device).manual_seed(0))
     dtype = _autocast_dtype(config)
 
     def step(index):
@@ -231,26 +248,20 @@ def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> 
     model = build_model(config, tokenizer).to(device)
     batch = _random_blocks(min(config["training"]["batch_size"], 64), config["data"]["block_size"],
                            model.config.vocab_size, model.config.mask_token_id).to(device)
-    mask = torch.ones_like(batch)
     schedule = get_noise_schedule(model.config.noise_schedule)
     dtype = _autocast_dtype(config)
-    if mode == "autoregressive":
-        inputs = {"input_ids": batch, "labels": batch}
-        labels, weights, normaliser = torch.nn.functional.pad(batch[:, 1:], (0, 1), value=-100), None, None
-    else:
-        targets = diffusion_targets(batch, mask, schedule, model.config.mask_token_id, antithetic=True,
-                                    generator=torch.Generator(device=device).manual_seed(0))
-        inputs = {"input_ids": targets["input_ids"], "labels": targets["labels"],
-                  "loss_weights": targets["loss_weights"], "num_items_in_batch": targets["num_items_in_batch"]}
-        labels, weights, normaliser = targets["labels"], targets["loss_weights"], targets["num_items_in_batch"]
+    inputs = _objective_inputs(model, batch, schedule, torch.Generator(device=device).manual_seed(0))
+    labels = model.prediction_targets(inputs["labels"])
+    weights, normaliser = inputs.get("loss_weights"), inputs.get("num_items_in_batch")
     results = {}
     for name in ("fused", "reference"):
         model.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             if name == "fused":
-                loss = model(attention_mask=mask, **inputs).loss
+                loss = model(**inputs).loss
             else:
-                logits = model(input_ids=inputs["input_ids"], attention_mask=mask).logits.float()
+                logits = model(**{k: v for k, v in inputs.items()
+                                  if k not in ("labels", "loss_weights", "num_items_in_batch")}).logits.float()
                 positions = labels != -100
                 ce = F.cross_entropy(logits[positions], labels[positions], reduction="none")
                 if weights is not None:

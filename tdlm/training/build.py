@@ -6,11 +6,12 @@ from contextlib import contextmanager
 import torch
 from transformers import TrainingArguments
 
-from ..config import trackers
+from ..config import default_positions, trackers
 from ..configuration_tdlm import TDLMConfig
-from ..data import DataCollatorForTDLM, build_datasets
+from ..data import build_datasets
 from ..generation_tdlm import DiffusionGenerationConfig
 from ..modeling_tdlm import TDLMModel, model_class_for
+from ..objectives import objective_for
 from ..peft_utils import apply_lora
 from ..runs import Experiment, load_model, pretrained_source
 from ..tokenization import check_tokenizer_matches, config_kwargs_for_tokenizer, load_tokenizer, train_bpe_tokenizer
@@ -72,15 +73,15 @@ def build_model(config: dict, tokenizer):
             token_kwargs["vocab_size"] = m["vocab_size"]
         model_config = TDLMConfig(
             **{k: m[k] for k in MODEL_SHAPE_KEYS}, **token_kwargs, **config["diffusion"],
-            training_mode=m["training_mode"],
-            max_position_embeddings=m["max_position_embeddings"] or config["data"]["block_size"])
+            training_mode=m["training_mode"], bd_block_size=m["bd_block_size"], ar_context_token=m["ar_context_token"],
+            max_position_embeddings=m["max_position_embeddings"] or default_positions(config))
         model = model_class_for(model_config)(model_config)
     if model.config.training_mode != m["training_mode"]:
         raise ValueError(f"model.training_mode is {m['training_mode']!r} but the pretrained model {pretrained} is "
                          f"{model.config.training_mode!r}")
     model.config.head_implementation = m["head_implementation"]  # a training choice: also for pretrained models
     check_tokenizer_matches(tokenizer, model.config)
-    if model.config.is_diffusion:
+    if model.config.uses_mask_token:
         sampling = {k: v for k, v in config["sampling"].items() if v is not None}
         model.generation_config = DiffusionGenerationConfig(
             **sampling, bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id,
@@ -103,11 +104,11 @@ def compile_backbone(model, mode: str | None = None):
 
 
 def build_data(config: dict, tokenizer, model):
-    """(train dataset, eval dataset or None, collator)."""
+    """(train dataset, eval dataset or None, collator): the collator is the model's objective's."""
     t, e = config["training"], config["enhanced_evaluation"]
     eval_rows = e["max_eval_batches"] * (t["eval_batch_size"] or t["batch_size"]) if e["max_eval_batches"] else None
     train, evaluation = build_datasets(config["data"], tokenizer, model.config.vocab_size, eval_rows)
-    return train, evaluation, DataCollatorForTDLM(tokenizer.pad_token_id)
+    return train, evaluation, objective_for(model.config).collator(model.config, tokenizer.pad_token_id)
 
 
 def mixed_precision(config: dict) -> str:
