@@ -143,7 +143,7 @@ def test_eager_sdpa_and_gradient_checkpointing_give_the_same_loss_and_gradients(
         model = _model("block_diffusion", size).train()
         model.config._attn_implementation = attention
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         loss = model(input_ids=targets["input_ids"], clean_input_ids=x0, labels=targets["labels"],
                      loss_weights=targets["loss_weights"], num_items_in_batch=x0.numel()).loss
         loss.backward()
@@ -243,9 +243,10 @@ def test_every_objective_scores_all_tokens_of_each_block_in_every_path(monkeypat
         # lm-eval loglikelihood_rolling over a document of 2.5 blocks
         scored = []
         monkeypatch.setattr("tdlm.objectives.ar_conditional_loglikelihood",
-                            lambda m, windows, *a: scored.extend(len(c) for _, c in windows) or [(0.0, True)])
+                            lambda m, windows, *a, scored=scored: scored.extend(len(c) for _, c in windows)
+                            or [(0.0, True)])
         monkeypatch.setattr("tdlm.objectives.diffusion_nelbo_samples",
-                            lambda m, block, *a, **k: scored.append(block.numel()) or torch.zeros(1, 1))
+                            lambda m, block, *a, scored=scored, **k: scored.append(block.numel()) or torch.zeros(1, 1))
         objective.rolling_loglikelihood(model, list(range(2, 42)), EOS, 2, 0, 4)
         assert sum(scored) == 40, mode
 
@@ -295,7 +296,7 @@ def test_config_checks_name_their_key():
         load_config("configs/quick_test_bd.yaml", ["model.bd_block_size=5"])
     with pytest.raises(ConfigError, match="^model.bd_block_size: only training_mode block_diffusion"):
         load_config("configs/quick_test.yaml", ["model.bd_block_size=4"])
-    with pytest.raises(ConfigError, match=r"^model.max_position_embeddings: 64 is shorter than data.block_size 64 \+ 1"):
+    with pytest.raises(ConfigError, match=r"^model.max_position_embeddings: 64 is shorter than data.block_size 64 \+"):
         load_config("configs/quick_test_ar.yaml", ["model.max_position_embeddings=64"])
     assert load_config("configs/quick_test_ar.yaml", ["model.max_position_embeddings=64",
                                                       "model.ar_context_token=false"])
@@ -330,3 +331,40 @@ def test_automodel_with_remote_code_alone_gives_the_block_diffusion_head(tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(out["logits"], model(input_ids=x_t, clean_input_ids=x0).logits)
     assert torch.equal(out["sample"], model.diffusion_generate(input_ids=x0[:, :5], max_new_tokens=7, num_steps=2))
+
+
+def test_quick_test_bd_trains_evaluates_and_samples(tmp_path):
+    from tdlm.runs import load_checkpoint
+    from tdlm.text_generation import generate_text
+    from tdlm.training import run_training
+
+    config = load_config("configs/quick_test_bd.yaml", [
+        "training.max_steps=6", "training.batch_size=8", "training.eval_steps=3", "training.save_every_n_steps=6",
+        "training.detailed_metrics_steps=3", "training.attention_analysis_steps=3", "training.logging_steps=3",
+        "enhanced_evaluation.max_eval_batches=2"])
+    summary = run_training(config, "bd", output_dir=str(tmp_path))
+    assert summary["training_mode"] == "block_diffusion" and summary["best_eval_loss"] < 7.0
+    model, tokenizer = load_checkpoint(summary["final_checkpoint"], "cpu")
+    assert type(model).__name__ == "TDLMForBlockDiffusion" and model.config.bd_block_size == 16
+    texts = generate_text(model, tokenizer, ["The", ""], max_new_tokens=40, num_steps=4)
+    assert len(texts) == 2 and all(texts)
+
+
+def test_lora_and_model_card_of_a_block_diffusion_checkpoint(tmp_path):
+    pytest.importorskip("peft")
+    from tdlm.model_card import model_card
+    from tdlm.peft_utils import apply_lora
+
+    model = _model("block_diffusion", 4).train()
+    model.save_pretrained(tmp_path / "base")
+    wrapped = apply_lora(model, {"r": 4, "base_model": str(tmp_path / "base")})
+    x0 = _blocks(2, 12)
+    targets = block_diffusion_targets(x0, None, get_noise_schedule("linear"), MASK, 4,
+                                      generator=torch.Generator().manual_seed(0))
+    wrapped(input_ids=targets["input_ids"], clean_input_ids=x0, labels=targets["labels"],
+            loss_weights=targets["loss_weights"]).loss.backward()
+    trained = {name for name, p in wrapped.named_parameters() if p.grad is not None}
+    assert trained and all("lora_" in name for name in trained)
+    card = str(model_card(tmp_path / "base", repo_id="user/tiny-bd"))
+    assert "pipeline_tag: text-generation" in card and "block-diffusion" in card
+    assert "block size: 4 tokens" in card and "AutoModel.from_pretrained" in card

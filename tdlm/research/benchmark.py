@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from ..config import CHOICES
 from ..data import BlockDataset
-from ..evaluation.sampling_speed import benchmark_sampling
+from ..evaluation.sampling_speed import _timed, benchmark_sampling
 from ..objectives import objective_for
 from ..runs import Experiment
 from ..schedules import get_noise_schedule
@@ -323,7 +323,8 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
         for head in head_variants if False in compile_variants else ():
             trainer_row(mode, head, False)
     if sampling:
-        report["sampling"] = benchmark_sampling_for(config, tokenizer, device, **sampling)
+        report["sampling"] = benchmark_sampling_for(config, tokenizer, device, **sampling,
+                                                    block_diffusion="block_diffusion" in modes)
         save()
     for compiled in (variant for variant in compile_variants if variant):
         for mode in modes:
@@ -365,16 +366,41 @@ def _variant(config: dict, head_implementation: str, torch_compile: bool | str |
 
 
 def benchmark_sampling_for(config, tokenizer, device, batch_size=8, length=256, steps_list=(16, 32, 64, 256),
-                           confidence_threshold=0.9, repeats=3):
-
-    models = {mode: build_model(_for_mode(config, mode), tokenizer).to(device).eval()
-              for mode in ("diffusion", "autoregressive")}
+                           confidence_threshold=0.9, repeats=3, block_diffusion=False):
+    """Sampling rows of random-init models of the config's shape: diffusion, AR, and with `block_diffusion` the
+    block-diffusion sampler with and without its KV cache (`block_diffusion_sampling`)."""
+    modes = ("diffusion", "autoregressive") + (("block_diffusion",) if block_diffusion else ())
+    models = {mode: build_model(_for_mode(config, mode), tokenizer).to(device).eval() for mode in modes}
     dtype = _autocast_dtype(config)
     if dtype is not None and device.type == "cuda":
         models = {k: v.to(dtype) for k, v in models.items()}
-    return benchmark_sampling(models["diffusion"], models["autoregressive"], batch_size=batch_size, length=length,
+    rows = benchmark_sampling(models["diffusion"], models["autoregressive"], batch_size=batch_size, length=length,
                               steps_list=steps_list, confidence_threshold=confidence_threshold, repeats=repeats,
                               device=device)
+    if block_diffusion:
+        rows += block_diffusion_sampling(models["block_diffusion"], batch_size, length, repeats, device)
+    return rows
+
+
+def block_diffusion_sampling(model, batch_size: int, length: int, repeats: int, device, seed: int = 0) -> list[dict]:
+    """`sampling_speed`-shaped rows of a block-diffusion model generating `length` tokens (up to its
+    max_position_embeddings, which may exceed the training length) with `bd_block_size` steps per block (one token per
+    step), with and without the KV cache of finished blocks."""
+    size = model.config.bd_block_size
+    rows = []
+    for use_cache in (True, False):
+        def sample(use_cache=use_cache):
+            generator = torch.Generator(device=device).manual_seed(seed)
+            return model.diffusion_generate(batch_size=batch_size, max_length=length, num_steps=size,
+                                            use_cache=use_cache, return_dict_in_generate=True,
+                                            generator=generator).num_model_calls
+        seconds, calls = _timed(sample, device, repeats)
+        rows.append({"method": f"block_diffusion B={size}" + (" + KV cache" if use_cache else ", no cache"),
+                     "num_steps": size, "confidence_threshold": None, "batch_size": batch_size, "length": length,
+                     "wall_time_s": seconds, "tokens_per_second": batch_size * length / seconds, "model_calls": calls,
+                     "model_calls_per_token": calls / length, "device": str(device),
+                     "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")})
+    return rows
 
 
 def format_report(report: dict) -> str:
