@@ -300,6 +300,12 @@ def test_config_checks_name_their_key():
         load_config("configs/quick_test_ar.yaml", ["model.max_position_embeddings=64"])
     assert load_config("configs/quick_test_ar.yaml", ["model.max_position_embeddings=64",
                                                       "model.ar_context_token=false"])
+    # a pretrained AR start (model.init_from) whose positions leave no room for the context token
+    from tdlm.training import build_data
+
+    with pytest.raises(ValueError, match="^data.block_size: 64 tokens plus the AR context token need "
+                                         "max_position_embeddings >= 65; the model has 64$"):
+        build_data(load_config("configs/quick_test_ar.yaml"), None, _model("autoregressive", positions=64))
 
 
 CHILD = NO_TDLM_PRELUDE + r'''

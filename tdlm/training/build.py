@@ -106,6 +106,11 @@ def compile_backbone(model, mode: str | None = None):
 def build_data(config: dict, tokenizer, model):
     """(train dataset, eval dataset or None, collator): the collator is the model's objective's."""
     t, e = config["training"], config["enhanced_evaluation"]
+    block, context = config["data"]["block_size"], model.config.context_token_id is not None
+    if block + context > model.config.max_position_embeddings:
+        raise ValueError(f"data.block_size: {block} tokens{' plus the AR context token' if context else ''} need "
+                         f"max_position_embeddings >= {block + context}; the model has "
+                         f"{model.config.max_position_embeddings}")
     eval_rows = e["max_eval_batches"] * (t["eval_batch_size"] or t["batch_size"]) if e["max_eval_batches"] else None
     train, evaluation = build_datasets(config["data"], tokenizer, model.config.vocab_size, eval_rows)
     return train, evaluation, objective_for(model.config).collator(model.config, tokenizer.pad_token_id)
