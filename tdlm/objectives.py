@@ -252,7 +252,9 @@ print(generator("The history of the city", max_new_tokens=32)[0]["generated_text
 
 
 OBJECTIVES = {cls.mode: cls() for cls in (MaskedDiffusion, Autoregressive, BlockDiffusion)}
-assert set(OBJECTIVES) == set(HEAD_CLASSES), "every mode of configuration_tdlm.HEAD_CLASSES needs an objective"
+if set(OBJECTIVES) != set(HEAD_CLASSES):
+    raise ImportError(f"objectives {sorted(OBJECTIVES)} do not match configuration_tdlm.HEAD_CLASSES "
+                      f"{sorted(HEAD_CLASSES)}")
 
 
 def objective_for(config_or_mode) -> Objective:
