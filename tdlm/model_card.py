@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .evaluation.tasks import resolve_task
 from .objectives import objective_for
 from .runs import Experiment, experiment_of, read_json
 
@@ -40,16 +41,6 @@ WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1")
 KNOWN_FILES = {"wiki.train.raw": (*WIKITEXT, "train"), "wiki.valid.raw": (*WIKITEXT, "validation"),
                "wiki.test.raw": (*WIKITEXT, "test")}
 DATASET_LICENSES = {"Salesforce/wikitext": "cc-by-sa-3.0"}
-# downstream task -> (Hub data set, its name, config, split) of the local copies the tasks read
-TASK_DATASETS = {
-    "hellaswag": ("Rowan/hellaswag", "HellaSwag", None, "validation"),
-    "mmlu": ("cais/mmlu", "MMLU", "all", "test"),
-    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "ARC-Easy", "test"),
-    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "ARC-Challenge", "test"),
-    "piqa": ("ybisk/piqa", "PIQA", None, "validation"),
-    "boolq": ("google/boolq", "BoolQ", None, "validation"),
-    "lambada": ("EleutherAI/lambada_openai", "LAMBADA (OpenAI)", "default", "test"),
-}
 CITATIONS = """```bibtex
 @inproceedings{sahoo2024mdlm,
   title={Simple and Effective Masked Diffusion Language Models},
@@ -130,10 +121,18 @@ def _task_scores(result: dict, stem: str) -> dict[str, dict]:
 
 
 def _task_dataset(task: str) -> tuple[str, str, str | None, str | None]:
-    family = task.split("_5shot")[0] if task.startswith("mmlu") else task
-    if family.startswith("mmlu_"):  # one MMLU subject: that config of cais/mmlu
-        return "cais/mmlu", f"MMLU {family.removeprefix('mmlu_')}", family.removeprefix("mmlu_"), "test"
-    return TASK_DATASETS.get(family, (task, task, None, None))
+    """(Hub data set, its name, config, split) of a task's local copy (`Task.dataset`); one subtask (an MMLU
+    subject) is that config of the data set. A task this process does not know is named by itself."""
+    try:
+        record, subtask = resolve_task(task)
+    except ValueError:
+        record, subtask = None, None
+    dataset = record.dataset if record is not None else None
+    if dataset is None:
+        return task, task, None, None
+    if subtask is not None:
+        return dataset.id, f"{dataset.name} {subtask}", subtask, dataset.split
+    return dataset.id, dataset.name, dataset.config, dataset.split
 
 
 def _held_out(result: dict, mode: str) -> float | None:

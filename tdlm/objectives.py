@@ -14,6 +14,7 @@ platform's side of each.
 
 import torch
 
+from . import generation_tdlm, schedules
 from .configuration_tdlm import HEAD_CLASSES
 from .data import DataCollatorForTDLM
 from .evaluation.likelihood import (
@@ -26,6 +27,12 @@ from .evaluation.likelihood import (
 )
 from .modeling_tdlm import MODEL_CLASSES
 from .schedules import block_diffusion_targets, diffusion_targets
+
+
+def shipped_names(registry: dict, module) -> str:
+    """The names in a registry whose function ships with the weights (rules registered from outside the package
+    exist only in the process that registered them), for the model card."""
+    return ", ".join(f'"{name}"' for name, function in registry.items() if function.__module__ == module.__name__)
 
 
 class Objective:
@@ -142,9 +149,10 @@ class MaskedDiffusion(Objective):
         return super().usage(repo_id) + f'''
 
 Or score a single masked position: `pipeline("fill-mask", model="{repo_id}", trust_remote_code=True)`.
-Options of `diffusion_generate`: `num_steps`, `step_schedule` ("cosine", "linear"), `remasking`
-("low_confidence", "margin", "entropy", "random"), `temperature`, `top_k`, `top_p`, `block_length`,
-`confidence_threshold`, `stop_at_eos`. Infilling: put `tokenizer.mask_token_id` wherever text is wanted.'''
+Options of `diffusion_generate`: `num_steps`, `step_schedule` ({shipped_names(schedules.STEP_SCHEDULES, schedules)}),
+`remasking` ({shipped_names(generation_tdlm.REMASKING_RULES, generation_tdlm)}), `temperature`, `top_k`, `top_p`,
+`block_length`, `confidence_threshold`, `stop_at_eos`. Infilling: put `tokenizer.mask_token_id` wherever text is
+wanted.'''
 
 
 class BlockDiffusion(Objective):

@@ -201,7 +201,8 @@ def test_patience_stops_an_overfitting_arm(tiny, tmp_path, monkeypatch):
 def test_tiny_study_writes_report_after_each_arm(tiny, tmp_path):
     out = tmp_path / "study"
     result = study.run_study(tiny, "320,640", "32x1,48x1", out, max_epochs=3, cooldown=0.5, selection_samples=2,
-                             report_samples=2, extra_seeds=1, dropout=0.1)
+                             report_samples=2, extra_seeds=1, dropout=0.1, gen_samples=2, gen_steps=4,
+                             scorer_tokens=640, scorer_size="32x1")
     names = {a["name"] for a in result["arms"]}
     assert len(names) == 2 * 2 * 2 + 2 + 2  # budgets x sizes x objectives, a second seed and dropout per objective
     assert {"ar", "diffusion"} == {a["objective"] for a in result["arms"] if a["seed"] == 1}
@@ -209,6 +210,11 @@ def test_tiny_study_writes_report_after_each_arm(tiny, tmp_path):
     assert {v["seed"] for v in verdicts} == {0, 1}
     assert all(v["standard_error"] >= v["cluster_standard_error"] > 0 for v in verdicts)
     assert result["environment"]["git_commit"] and result["environment"]["command"]
+    quality = result["sample_quality"]["rows"]
+    assert quality[0]["name"].startswith("held-out text") and len(quality) == 1 + 2 * 2  # reference + best arms
+    assert all(q["gen_ppl"] > 1 and q["unigram_entropy"] > 0 for q in quality)
+    scorer_documents = study.used_documents(study.StudyData(tiny["data"]["prepared"], 32), result["arms"], 0)
+    assert len(scorer_documents) < 60  # documents were left for the scorer
     markdown = (out / "study.md").read_text()
     assert "predicted C_crit" in markdown and "not identified" in markdown or "R*" in markdown
     assert (out / "study.png").stat().st_size > 1000

@@ -34,9 +34,16 @@ def main(argv=None):
     parser.add_argument("--selection-samples", type=int, default=4, help="NELBO draws per block when selecting")
     parser.add_argument("--report-samples", type=int, default=8, help="NELBO draws per block when reporting")
     parser.add_argument("--extra-seeds", type=int, default=1,
-                        help="more seeds (init, data order, documents) of each objective's best size, first budget")
+                        help="more seeds (init, data order, documents) of each objective's best size at --extra-at")
+    parser.add_argument("--extra-at", default=None, help="the budget of the extra seeds and dropout arms (default: "
+                                                         "the first of --unique-tokens)")
     parser.add_argument("--dropout", type=float, default=0.1,
-                        help="a dropout arm of each objective's best size at the first budget (0: none)")
+                        help="a dropout arm of each objective's best size at --extra-at (0: none)")
+    parser.add_argument("--gen-samples", type=int, default=16,
+                        help="samples per best arm for gen-PPL / unigram entropy (0: no sample-quality stage)")
+    parser.add_argument("--gen-steps", type=int, default=128, help="diffusion sampling steps for those samples")
+    parser.add_argument("--scorer-tokens", type=int, default=500_000,
+                        help="training tokens of the gen-PPL scorer (documents no arm saw)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the document shuffle that makes budgets")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output-dir", default=None, help="default experiments/study_<timestamp>")
@@ -59,7 +66,9 @@ def main(argv=None):
                       objectives=[o.strip() for o in args.objectives.split(",")], max_epochs=args.max_epochs,
                       cooldown=args.cooldown, patience=args.patience, selection_samples=args.selection_samples,
                       report_samples=args.report_samples, extra_seeds=args.extra_seeds, dropout=args.dropout,
-                      data_seed=args.data_seed, argv=sys.argv if argv is None else argv)
+                      data_seed=args.data_seed, extra_at=args.extra_at,
+                      gen_samples=args.gen_samples, gen_steps=args.gen_steps, scorer_tokens=args.scorer_tokens,
+                      argv=sys.argv if argv is None else argv)
     print(format_markdown(study))
     print(f"written: {output}/study.json, study.md and figures ({len(study['arms'])} arms)")
 

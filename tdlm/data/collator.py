@@ -19,7 +19,7 @@ class DataCollatorForTDLM:
         if self.context_token_id is not None:
             rows = [torch.cat([row.new_tensor([self.context_token_id]), row]) for row in rows]
         length = max(r.numel() for r in rows)
-        if all(row.numel() == length for row in rows):  # packed blocks: one stack (the row loop took 60 ms/batch)
+        if all(row.numel() == length for row in rows):  # packed blocks: one stack, no per-row padding loop
             input_ids = torch.stack(rows)
             return {"input_ids": input_ids, "labels": input_ids.clone()}
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)

@@ -30,7 +30,7 @@ from lm_eval.api.registry import register_model
 
 from ..objectives import objective_for
 from ..runs import load_checkpoint
-from .likelihood import _context_key, _fit_continuations, encoded_loglikelihood, prefix_token_id
+from .likelihood import context_key, encoded_loglikelihood, fit_continuations, prefix_token_id
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +119,12 @@ class TDLMLM(TemplateLM):
         return self.tokenizer.encode(string, **special)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-        encoded = _fit_continuations([(context, continuation) for _, context, continuation in requests],
+        encoded = fit_continuations([(context, continuation) for _, context, continuation in requests],
                                      self.max_length)
         # AR scores (context + continuation)[-(max_length + 1):], its last token being only a target
         limit = self.max_length + (0 if self.objective.corrupts else 1)
         warn_truncated("loglikelihood", [len(context) + len(continuation) for context, continuation in encoded], limit)
-        keys = [_context_key(self.seed, context) for (context, _), _, _ in requests]
+        keys = [context_key(self.seed, context) for (context, _), _, _ in requests]
         return encoded_loglikelihood(self.model, encoded, keys, self.mc_num, self.batch_size,
                                      show_progress=not disable_tqdm, check_greedy=self.check_greedy)
 

@@ -370,6 +370,62 @@ def finished_arms(output_dir: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(Path(output_dir).glob("runs/*/result.json"))]
 
 
+# ---- sample quality ------------------------------------------------------------------------------
+def used_documents(data: StudyData, arms: list[dict], data_seed: int) -> set[int]:
+    """Every training document some arm saw."""
+    used = set()
+    offsets = data.train.document_offsets()
+    for arm in arms:
+        order = data.document_order(data_seed + arm["seed"])
+        lengths = offsets[order + 1] - offsets[order]
+        used.update(order[:int(np.searchsorted(np.cumsum(lengths), arm["unique_tokens"])) + 1].tolist())
+    return used
+
+
+def sample_quality_stage(config: dict, tokenizer, data: StudyData, settings: dict, arms: list[dict],
+                         output_dir: Path, num_samples: int, scorer_tokens: int, scorer_size: str, steps: int) -> dict:
+    """Gen-PPL and unigram entropy of each objective's best size per budget (seed 0), scored by an AR model trained
+    on documents no arm saw, beside the same scorer on the report blocks (real text: its gen-PPL and entropy)."""
+    from .sample_quality import score_texts, unigram_entropy
+
+    used = used_documents(data, arms, settings["data_seed"])
+    order = [d for d in data.document_order(settings["data_seed"])[::-1] if d not in used]
+    blocks = document_blocks(data.train, order, data.block_size, scorer_tokens // data.block_size)[0]
+    scorer_arm = Arm("ar", scorer_size, scorer_tokens, seed=0)
+    folder = output_dir / "scorer"
+    if not (folder / "result.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        trainer = ArmTrainer(scorer_arm, arm_config(config, scorer_arm, data.block_size), tokenizer, blocks, data,
+                             {**settings, "max_epochs": settings["scorer_epochs"]}, folder)
+        trainer.train()
+        result = trainer.finish()
+        (folder / "result.json").write_text(json.dumps({k: v for k, v in result.items()
+                                                        if k not in ("report_losses", "report_variance")}))
+    from ..runs import load_model
+
+    scorer = load_model(folder / "best").eval()
+    reference = data.report[0][:num_samples]
+    texts = tokenizer.batch_decode(reference, skip_special_tokens=True)
+    rows = [{"name": "held-out text (report blocks)", **score_texts(scorer, tokenizer, texts)}]
+    rows[0]["unigram_entropy_of_blocks"] = float(np.mean([unigram_entropy(b.tolist()) for b in reference]))
+    from ..text_generation import generate_text
+
+    for budget in sorted({a["budget"] for a in arms}):
+        for objective in OBJECTIVES:
+            best = best_arm(arms, objective, budget)
+            if best is None:
+                continue
+            model = load_model(output_dir / "runs" / best["name"] / "best").eval()
+            options = {"num_steps": steps, "remasking": "random"} if model.config.is_diffusion else {}
+            texts = generate_text(model, tokenizer, [""], max_new_tokens=data.block_size, num_samples=num_samples,
+                                  seed=0, temperature=1.0, **options)
+            rows.append({"name": best["name"], "unique_tokens": best["unique_tokens"],
+                         "sampler": f"{steps} steps, random order, T=1" if options else "ancestral, T=1",
+                         **score_texts(scorer, tokenizer, texts)})
+    return {"scorer": f"AR {scorer_size} on {blocks.numel():,} tokens of documents no arm saw, "
+                      f"{settings['scorer_epochs']} epochs", "rows": rows}
+
+
 # ---- the study -----------------------------------------------------------------------------------
 def best_arm(results: list[dict], objective: str, budget: int, seed: int = 0) -> dict | None:
     """The size with the lowest selection loss (the report blocks play no part in the choice)."""
@@ -396,9 +452,12 @@ def environment(argv: list[str] | None) -> dict:
 
 def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJECTIVES, max_epochs: int = 300,
               cooldown: float = 0.15, patience: int = 2, selection_samples: int = 4, report_samples: int = 8,
-              extra_seeds: int = 1, dropout: float = 0.1, data_seed: int = 0, argv: list[str] | None = None) -> dict:
-    """Every (budget, size, objective) arm, then `extra_seeds` more seeds of each objective's best size at the first
-    budget, then a dropout arm of each objective's best size there; study.json after every arm."""
+              extra_seeds: int = 1, dropout: float = 0.1, data_seed: int = 0, extra_at: str | None = None,
+              gen_samples: int = 0, gen_steps: int = 128, scorer_tokens: int = 500_000, scorer_size: str = "64x3",
+              argv: list[str] | None = None) -> dict:
+    """Every (budget, size, objective) arm, then `extra_seeds` more seeds of each objective's best size at budget
+    `extra_at` (default: the first), then a dropout arm of each objective's best size there; study.json after every
+    arm. `gen_samples` > 0 adds the sample-quality stage (`sample_quality_stage`)."""
     from .study_report import write_report
 
     if max_epochs < 2 or not 0 < cooldown <= 1 or patience < 1:
@@ -422,7 +481,7 @@ def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJ
                 "selection_blocks": len(data.selection[0]), "report_blocks": len(data.report[0]),
                 "report_documents": int(torch.unique(data.report[1]).numel()),
                 "noise_schedule": config["diffusion"]["noise_schedule"], "prepared": str(data.folder),
-                "report_block_documents": data.report[1].tolist()}
+                "report_block_documents": data.report[1].tolist(), "scorer_epochs": 4}
     results = []
 
     def run(arm: Arm) -> None:
@@ -437,11 +496,18 @@ def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJ
         for size in size_list:
             for objective in objectives:
                 run(Arm(objective, size, budget))
-    first = token_budgets[0]
+    extra = parse_budgets(extra_at, data.train.num_tokens)[0] if extra_at else token_budgets[0]
+    if extra not in token_budgets:
+        raise ValueError(f"--extra-at {extra_at} is not one of --unique-tokens {budgets}")
     for objective in objectives:
-        best = best_arm(results, objective, first)
+        best = best_arm(results, objective, extra)
         for seed in range(1, extra_seeds + 1):
-            run(Arm(objective, best["size"], first, seed=seed))
+            run(Arm(objective, best["size"], extra, seed=seed))
         if dropout:
-            run(Arm(objective, best["size"], first, dropout=dropout))
-    return json.loads((output_dir / "study.json").read_text())
+            run(Arm(objective, best["size"], extra, dropout=dropout))
+    study = {"settings": settings, "environment": environment(argv), "arms": finished_arms(output_dir)}
+    if gen_samples:
+        print("[study] sample quality", flush=True)
+        study["sample_quality"] = sample_quality_stage(config, tokenizer, data, settings, study["arms"], output_dir,
+                                                       gen_samples, scorer_tokens, scorer_size, gen_steps)
+    return write_report(output_dir, study)

@@ -170,9 +170,9 @@ def format_markdown(study: dict) -> str:
     quality = study.get("sample_quality")
     if quality:
         lines += ["", f"## Sample quality (scorer: {quality['scorer']})", "",
-                  "| sampled | unique tokens | gen-PPL | unigram entropy (nats) | samples |", "|---|---|---|---|---|"]
-        lines += [f"| {q['name']} | {q.get('unique_tokens', '-')} | {q['gen_ppl']:.2f} | {q['unigram_entropy']:.3f} | "
-                  f"{q['num_samples']} |" for q in quality["rows"]]
+                  "| sampled | sampler | gen-PPL | unigram entropy (nats) | samples x tokens |", "|---|---|---|---|---|"]
+        lines += [f"| {q['name']} | {q.get('sampler', '-')} | {q['gen_ppl']:.2f} | {q['unigram_entropy']:.3f} | "
+                  f"{q['num_samples']} x {q['num_tokens'] // max(q['num_samples'], 1)} |" for q in quality["rows"]]
     return "\n".join(lines) + "\n"
 
 

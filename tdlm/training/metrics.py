@@ -17,15 +17,7 @@ per line with "step", "epoch", "split"), the console, and W&B when enabled (tran
 import torch
 from transformers import TrainerCallback
 
-LEVELS = ("low", "medium", "high")
-LEVEL_BOUNDARIES = (0.3, 0.7)  # mask ratio: [0, 0.3) low, [0.3, 0.7) medium, [0.7, 1] high
-
-
-def corruption_levels(mask_ratio: torch.Tensor) -> torch.LongTensor:
-    """0 / 1 / 2 for low / medium / high corruption."""
-    boundaries = torch.tensor(LEVEL_BOUNDARIES, dtype=mask_ratio.dtype, device=mask_ratio.device)
-    return torch.bucketize(mask_ratio.contiguous(), boundaries, right=True)
-
+from ..schedules import LEVELS
 
 # ---------------------------------------------------------------------------------------------
 # Tier 1: sums on the device, turned into numbers only at logging time
