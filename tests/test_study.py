@@ -188,10 +188,9 @@ def test_patience_stops_an_overfitting_arm(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(study.ArmTrainer, "_branch", fake_branch)
     monkeypatch.setattr(study.ArmTrainer, "_save", lambda self: None)
-    trainer = study.ArmTrainer(study.Arm("ar", "32x1", 320), study.arm_config(tiny, study.Arm("ar", "32x1", 1), 32),
-                               build_tokenizer(tiny), study.StudyData(tiny["data"]["prepared"], 32).budget_blocks(320, 0),
-                               study.StudyData(tiny["data"]["prepared"], 32), {**SETTINGS, "max_epochs": 300},
-                               tmp_path)
+    arm, data = study.Arm("ar", "32x1", 320), study.StudyData(tiny["data"]["prepared"], 32)
+    trainer = study.ArmTrainer(arm, study.arm_config(tiny, arm, 32), build_tokenizer(tiny), data.budget_blocks(320, 0),
+                               data, {**SETTINGS, "max_epochs": 300}, tmp_path)
     trainer.train()
     assert [p["epoch"] for p in trainer.points] == [2, 3, 4, 6]  # two worse branches in a row: stop
     assert trainer.epoch == 6

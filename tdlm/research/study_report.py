@@ -62,7 +62,8 @@ def verdicts(arms: list[dict], documents) -> list[dict]:
             ar, diffusion = best_of(plain, "ar"), best_of(plain, "diffusion")
             if ar and diffusion:
                 rows.append({"budget": budget, "seed": seed, "comparison": "best size vs best size",
-                             "diffusion": diffusion["name"], "ar": ar["name"], **compare_arms(diffusion, ar, documents)})
+                             "diffusion": diffusion["name"], "ar": ar["name"],
+                             **compare_arms(diffusion, ar, documents)})
             for size in sorted({a["size"] for a in plain}, key=_size_key):
                 pair = {a["objective"]: a for a in plain if a["size"] == size}
                 if {"ar", "diffusion"} <= set(pair) and seed == 0:
@@ -146,14 +147,15 @@ def format_markdown(study: dict) -> str:
         lines.append(f"| {tokens_label(a['budget'])} | {a['objective']} | {a['size']} | {a['seed']} | "
                      f"{a['dropout']:g} | {a['num_parameters']:,} | {a['num_parameters'] / a['unique_tokens']:.1f} | "
                      f"{a['best']['epoch']} ({a['best']['eval_loss']:.3f}) | {a['report_loss']:.3f} ± "
-                     f"{a['report_standard_error_mc']:.3f} | {a['stopped_at_epoch']} | {a['best']['train_flops']:.2e} |")
+                     f"{a['report_standard_error_mc']:.3f} | {a['stopped_at_epoch']} | "
+                     f"{a['best']['train_flops']:.2e} |")
     lines += ["", "## Diffusion vs AR on the report blocks (paired; SE clustered by document + Monte-Carlo)", "",
               "| budget | seed | comparison | diffusion | AR | diffusion - AR | SE (cluster, MC) | winner |",
               "|---|---|---|---|---|---|---|---|"]
     for v in summary["verdicts"]:
-        lines.append(f"| {tokens_label(v['budget'])} | {v['seed']} | {v['comparison']} | {v['diffusion']} | {v['ar']} | "
-                     f"{v['difference']:+.3f} | {v['standard_error']:.3f} ({v['cluster_standard_error']:.3f}, "
-                     f"{v['monte_carlo_standard_error']:.3f}) | {v['winner']} |")
+        lines.append(f"| {tokens_label(v['budget'])} | {v['seed']} | {v['comparison']} | {v['diffusion']} | "
+                     f"{v['ar']} | {v['difference']:+.3f} | {v['standard_error']:.3f} "
+                     f"({v['cluster_standard_error']:.3f}, {v['monte_carlo_standard_error']:.3f}) | {v['winner']} |")
     lines += ["", "## Crossover: measured vs predicted", "",
               "| budget | predicted C_crit (FLOPs) | measured crossover (FLOPs) | largest compute trained |",
               "|---|---|---|---|"]
@@ -170,7 +172,8 @@ def format_markdown(study: dict) -> str:
     quality = study.get("sample_quality")
     if quality:
         lines += ["", f"## Sample quality (scorer: {quality['scorer']})", "",
-                  "| sampled | sampler | gen-PPL | unigram entropy (nats) | samples x tokens |", "|---|---|---|---|---|"]
+                  "| sampled | sampler | gen-PPL | unigram entropy (nats) | samples x tokens |",
+                  "|---|---|---|---|---|"]
         lines += [f"| {q['name']} | {q.get('sampler', '-')} | {q['gen_ppl']:.2f} | {q['unigram_entropy']:.3f} | "
                   f"{q['num_samples']} x {q['num_tokens'] // max(q['num_samples'], 1)} |" for q in quality["rows"]]
     return "\n".join(lines) + "\n"
@@ -243,9 +246,4 @@ def regenerate(output_dir) -> dict:
         raise FileNotFoundError(f"--report: no study.json in {output_dir}")
     study = json.loads(path.read_text())
     study.pop("summary", None)
-    settings = study["settings"]
-    if "report_block_documents" not in settings:  # written by a run that predates the field: recompute it
-        from .study import StudyData
-
-        settings["report_block_documents"] = StudyData(settings["prepared"], settings["block_size"]).report[1].tolist()
     return write_report(output_dir, study)
