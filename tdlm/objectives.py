@@ -8,8 +8,8 @@
         sample                        the sampler the head calls for
         packaging facts               Auto class, pipeline tag, PEFT task type, model-card text
 
-The modes and their head classes are declared once, in `configuration_tdlm.HEAD_CLASSES`; `OBJECTIVES` adds the
-platform's side of each.
+The modes and their head classes are declared once, in `configuration_tdlm.HEAD_CLASSES` (modeling_tdlm.MODEL_CLASSES
+maps them to the classes); `OBJECTIVES` adds the platform's side of each.
 """
 
 import torch
@@ -25,7 +25,6 @@ from .evaluation.likelihood import (
     diffusion_nelbo,
     diffusion_nelbo_samples,
 )
-from .modeling_tdlm import MODEL_CLASSES
 from .schedules import block_diffusion_targets, diffusion_targets
 
 
@@ -47,10 +46,6 @@ class Objective:
     summary: str  # one sentence for the model card
     card_tag: str  # the model card's tag for the objective
     held_out_metric = ("nelbo", "held-out NELBO (nats/token, upper bound on the NLL)")  # key in results, card name
-
-    @property
-    def head_class(self):
-        return MODEL_CLASSES[self.mode]
 
     def collator(self, config, pad_token_id: int) -> DataCollatorForTDLM:
         return DataCollatorForTDLM(pad_token_id)
