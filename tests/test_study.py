@@ -16,7 +16,7 @@ from tdlm.research import study
 from tdlm.research.reuse import fit_reuse, reuse_loss
 from tdlm.research.sample_quality import sample_quality, score_texts, unigram_entropy, with_context
 from tdlm.research.statistics import clustered_standard_error, paired_difference
-from tdlm.research.study_report import critical_compute, regenerate
+from tdlm.research.study_report import claims, critical_compute, regenerate
 from tdlm.tokenization import train_bpe_tokenizer
 from tdlm.training import build_model, build_tokenizer
 
@@ -124,6 +124,14 @@ def test_clustered_standard_error_is_calibrated():
     truth = np.std(means, ddof=1)  # its own sampling error is ~3.5% with 400 repetitions
     assert np.mean(clustered) == pytest.approx(truth, rel=0.15)
     assert np.mean(naive) < truth / 3
+
+
+def test_a_claim_needs_every_seed():
+    def runs(budget, *winners):
+        return [{"budget": budget, "comparison": "best size vs best size", "winner": w} for w in winners]
+
+    rows = runs(1, "ar", "ar") + runs(2, "diffusion") + runs(3, "ar", "tie (within 2 SE)") + runs(4, "tie", "tie")
+    assert [c["claim"] for c in claims(rows)] == ["ar", None, None, None]
 
 
 def test_branch_epochs_and_grid_errors(tiny):

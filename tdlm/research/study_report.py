@@ -73,6 +73,18 @@ def verdicts(arms: list[dict], documents) -> list[dict]:
     return rows
 
 
+def claims(verdict_rows: list[dict]) -> list[dict]:
+    """Per budget: a winner only where every seed's best-vs-best comparison names it beyond 2 SE."""
+    rows = []
+    for budget in sorted({v["budget"] for v in verdict_rows}):
+        runs = [v for v in verdict_rows if v["budget"] == budget and v["comparison"] == "best size vs best size"]
+        winners = [v["winner"] for v in runs]
+        agreed = len(runs) >= 2 and len(set(winners)) == 1 and not winners[0].startswith("tie")
+        rows.append({"budget": budget, "seeds": len(runs), "claim": winners[0] if agreed else None,
+                     "winners": winners})
+    return rows
+
+
 def _size_key(size: str):
     hidden, layers = size.split("x")
     return int(hidden), int(layers)
@@ -120,7 +132,8 @@ def reuse(arms: list[dict]) -> dict:
 def summarize(study: dict) -> dict:
     arms = study["arms"]
     documents = study["settings"].get("report_block_documents")
-    return {"verdicts": verdicts(arms, documents) if documents else [],
+    rows = verdicts(arms, documents) if documents else []
+    return {"verdicts": rows, "claims": claims(rows),
             "crossovers": [crossover(arms, b) for b in sorted({a["budget"] for a in arms})],
             "reuse": reuse(arms)}
 
@@ -156,6 +169,9 @@ def format_markdown(study: dict) -> str:
         lines.append(f"| {tokens_label(v['budget'])} | {v['seed']} | {v['comparison']} | {v['diffusion']} | "
                      f"{v['ar']} | {v['difference']:+.3f} | {v['standard_error']:.3f} "
                      f"({v['cluster_standard_error']:.3f}, {v['monte_carlo_standard_error']:.3f}) | {v['winner']} |")
+    lines += ["", "Claims (a winner needs > 2 SE in every seed run, and at least two seeds):", ""]
+    lines += [f"- {tokens_label(c['budget'])}: {c['claim'] or 'no claim'} ({c['seeds']} seed run(s): "
+              f"{', '.join(c['winners'])})" for c in summary["claims"]]
     lines += ["", "## Crossover: measured vs predicted", "",
               "| budget | predicted C_crit (FLOPs) | measured crossover (FLOPs) | largest compute trained |",
               "|---|---|---|---|"]
