@@ -23,10 +23,10 @@ from ..runs import (
 )
 from .build import build_data, build_model, build_tokenizer, training_arguments
 from .metrics import MetricsJsonlCallback
-from .trainer import CheckpointScheduleCallback, DiffusionTrainer
+from .trainer import CheckpointScheduleCallback, TDLMTrainer, make_trainer
 
 
-def summarize_run(experiment: Experiment, trainer: DiffusionTrainer, train_output, runtime: float,
+def summarize_run(experiment: Experiment, trainer: TDLMTrainer, train_output, runtime: float,
                   start_step: int = 0) -> dict:
     """results/summary.json's contents; tokens/s counts this session's steps (a resumed run started at
     `start_step`) over wall time including evaluations and saves."""
@@ -103,15 +103,15 @@ def _check_resume(checkpoint: Path, config: dict, allow_inexact: bool) -> None:
                                 f"from the original run; pass --allow-inexact-resume to resume anyway")
 
 
-def _build_trainer(config: dict, experiment: Experiment, checkpoint: Path | None, callbacks) -> DiffusionTrainer:
+def _build_trainer(config: dict, experiment: Experiment, checkpoint: Path | None, callbacks) -> TDLMTrainer:
     set_seed(config["training"]["seed"])
     tokenizer = build_tokenizer(config, checkpoint)
     model = build_model(config, tokenizer)
     train, evaluation, collator = build_data(config, tokenizer, model)
     t = config["training"]
-    return DiffusionTrainer(
-        model=model, args=training_arguments(config, experiment), train_dataset=train, eval_dataset=evaluation,
-        data_collator=collator, processing_class=tokenizer,
+    return make_trainer(
+        model, training_arguments(config, experiment), tokenizer.pad_token_id, train_dataset=train,
+        eval_dataset=evaluation, data_collator=collator, processing_class=tokenizer,
         callbacks=[CheckpointScheduleCallback(t["save_every_n_steps"], t["save_every_n_epochs"], t["eval_steps"],
                                               evaluation is not None),
                    MetricsJsonlCallback(experiment), *callbacks],
@@ -178,8 +178,8 @@ def run_evaluation(config: dict | None, resume: str, output_dir: str = "experime
     if evaluation is None:
         raise ValueError("--eval-only needs evaluation data: set data.eval_files or data.eval_split")
     args = training_arguments(config, experiment, report_to="none", use_cpu=device == "cpu")
-    trainer = DiffusionTrainer(model=model, args=args, eval_dataset=evaluation, data_collator=collator,
-                               processing_class=tokenizer, callbacks=[MetricsJsonlCallback(experiment)])
+    trainer = make_trainer(model, args, tokenizer.pad_token_id, eval_dataset=evaluation, data_collator=collator,
+                           processing_class=tokenizer, callbacks=[MetricsJsonlCallback(experiment)])
     state_file = checkpoint / "trainer_state.json"
     if state_file.is_file():
         saved = read_json(state_file)
