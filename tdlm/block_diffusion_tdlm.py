@@ -110,6 +110,9 @@ class BlockDiffusionGenerationMixin(DiffusionGenerationMixin):
         config = self._diffusion_generation_config(generation_config, kwargs)
         if config.cfg_scale:
             raise ValueError("cfg_scale: classifier-free guidance is not implemented for block diffusion")
+        if config.cache is not None:
+            raise ValueError(f"cache={config.cache!r}: a block-diffusion model keeps an exact KV cache of its finished "
+                             f"blocks (use_cache); the approximate prefix/dual caches are for masked diffusion")
         if config.block_length is not None:
             raise ValueError(f"block_length: a block-diffusion model samples in its own blocks of bd_block_size="
                              f"{self.config.bd_block_size}; leave block_length unset")

@@ -17,14 +17,17 @@ WIKI = REPO.parent / "shared" / "data" / "wikitext-2-raw"
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """Untrained tiny AR and diffusion checkpoints sharing one 300-token BPE, and a held-out text file."""
+    """Untrained tiny AR, diffusion and block-diffusion checkpoints sharing one 300-token BPE, and a held-out text
+    file."""
     folder = tmp_path_factory.mktemp("frontier")
     corpus, held_out = folder / "train.txt", folder / "held_out.txt"
     corpus.write_text((WIKI / "wiki.valid.raw").read_text()[:6_000])
     held_out.write_text((WIKI / "wiki.test.raw").read_text()[:6_000])
     paths = {}
-    for config_file, objective in (("quick_test.yaml", "diffusion"), ("quick_test_ar.yaml", "autoregressive")):
-        config = load_config(REPO / "configs" / config_file, [
+    for config_file, objective, extra in (("quick_test.yaml", "diffusion", []),
+                                          ("quick_test_ar.yaml", "autoregressive", []),
+                                          ("quick_test_bd.yaml", "block_diffusion", ["model.bd_block_size=4"])):
+        config = load_config(REPO / "configs" / config_file, extra + [
             f"model.train_bpe={{files: [{corpus}], vocab_size: 300}}", "model.hidden_size=32",
             "model.num_hidden_layers=1", "model.num_attention_heads=2", "model.intermediate_size=64",
             f"data.train_files={corpus}", "data.block_size=16", "training.report_to=none"])
@@ -39,13 +42,15 @@ def test_frontier_cli_writes_every_method_the_reference_and_a_plot(checkpoints, 
     paths, held_out = checkpoints
     output = tmp_path / "frontier.json"
     main(["--sampling-frontier", "--frontier-checkpoints",
-          f"diffusion={paths['diffusion']},autoregressive={paths['autoregressive']}",
+          f"diffusion={paths['diffusion']},autoregressive={paths['autoregressive']},"
+          f"block_diffusion={paths['block_diffusion']}",
           "--scorer", str(paths["autoregressive"]), "--reference-text", str(held_out), "--sampling-batch", "2",
           "--sampling-length", "8", "--repeats", "2", "--frontier-steps", "2,4", "--cache-steps", "4",
-          "--block-length", "4", "--device", "cpu", "--output", str(output)])
+          "--block-length", "4", "--block-diffusion-steps", "1,2", "--device", "cpu", "--output", str(output)])
     report = json.loads(output.read_text())
-    expected = [m.name for m in default_methods((2, 4), 0.9, 4, (4,))]
+    expected = [m.name for m in default_methods((2, 4), 0.9, 4, (4,), (1, 2))]
     assert [row["method"] for row in report["rows"]] == expected
+    assert [row["objective"] for row in report["rows"]].count("block_diffusion") == 2
     assert {"prefix", "dual"} <= {row["options"].get("cache") for row in report["rows"]}
     for row in report["rows"]:
         assert len(row["rounds_s"]) == 2 and row["tokens_per_second"] == pytest.approx(2 * 8 / row["wall_time_s"])
@@ -87,3 +92,12 @@ def test_summary_counts_only_diverse_rows_at_or_below_ar_gen_ppl():
     summary = frontier_summary({"rows": [ar, repetitive, low_entropy, _row("d", "diffusion", 200.0, 75.0, 4.0)]})
     assert summary["winner"] is None and summary["best_quality"] == "d"
     assert summary["gen_ppl_ratio_to_ar"] == pytest.approx(1.5) and summary["best_quality_speedup"] == 2.0
+
+
+def test_block_diffusion_refuses_the_approximate_caches(checkpoints):
+    from tdlm.runs import load_model
+
+    paths, _ = checkpoints
+    model = load_model(paths["block_diffusion"]).eval()
+    with pytest.raises(ValueError, match="cache='dual'"):
+        model.diffusion_generate(batch_size=1, max_length=8, cache="dual")

@@ -48,7 +48,7 @@ def main(argv=None):
                              "(tdlm/research/sampling_frontier.py); writes --output and a PNG beside it")
     parser.add_argument("--frontier-checkpoints", default=None,
                         help="objective=run-or-checkpoint pairs, comma-separated, e.g. "
-                             "diffusion=experiments/a,autoregressive=experiments/b")
+                             "diffusion=experiments/a,autoregressive=experiments/b,block_diffusion=experiments/c")
     parser.add_argument("--scorer", default=None, help="AR run or checkpoint that scores the samples (gen-PPL)")
     parser.add_argument("--reference-text", default=None,
                         help="held-out text file: the samplers' prompts and the real-text reference row")
@@ -59,6 +59,8 @@ def main(argv=None):
     parser.add_argument("--cache-steps", default="16,32,64,128",
                         help="step counts of the semi-AR block rows (uncached, prefix and dual cache)")
     parser.add_argument("--block-length", type=int, default=32, help="semi-AR block length of the cached rows")
+    parser.add_argument("--block-diffusion-steps", default="2,4,8,16",
+                        help="steps per block of the block-diffusion rows (with a block_diffusion= checkpoint)")
     parser.add_argument("--output", default="results/benchmark.json")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
@@ -121,7 +123,8 @@ def _sampling_frontier(parser, args):
     if scorer.config.is_diffusion:
         parser.error(f"--scorer: {args.scorer} is a diffusion checkpoint; gen-PPL needs an autoregressive scorer")
     methods = default_methods(tuple(int(s) for s in args.frontier_steps.split(",")), args.confidence_threshold,
-                              args.block_length, tuple(int(s) for s in args.cache_steps.split(",")))
+                              args.block_length, tuple(int(s) for s in args.cache_steps.split(",")),
+                              tuple(int(s) for s in args.block_diffusion_steps.split(",")))
     report = run_frontier(models, scorer, scorer_tokenizer, methods, batch_size=args.sampling_batch,
                           length=args.sampling_length, repeats=args.repeats, reference_text=args.reference_text,
                           prompt_tokens=args.prompt_tokens,

@@ -56,27 +56,30 @@ def autoregressive_method(name: str, temperature: float = 1.0, **options) -> Fro
     return FrontierMethod(name, "autoregressive", sample, {"temperature": temperature, **options})
 
 
-def diffusion_method(name: str, **options) -> FrontierMethod:
+def diffusion_method(name: str, objective: str = "diffusion", **options) -> FrontierMethod:
     """`diffusion_generate` of `length` masks after the prompts (unconditional where there are none) with `options`
-    (num_steps, remasking, temperature, block_length, cache...)."""
+    (num_steps, remasking, temperature, block_length, cache...), from the checkpoint of `objective` ("diffusion", or
+    "block_diffusion", whose `num_steps` is each block's budget and whose KV cache of finished blocks is exact)."""
     def sample(model, prompts, length, generator):
         if not prompts.shape[1]:
             return model.diffusion_generate(batch_size=prompts.shape[0], max_length=length, generator=generator,
                                             **options)
         out = model.diffusion_generate(prompts.to(model.device), max_new_tokens=length, generator=generator, **options)
         return out[:, prompts.shape[1]:]
-    return FrontierMethod(name, "diffusion", sample, options)
+    return FrontierMethod(name, objective, sample, options)
 
 
 BASELINE = ("diffusion 16 greedy", "ar greedy")  # the issue's ratio: diffusion at 16 steps vs AR, both greedy
 
 
 def default_methods(steps_list=(8, 16, 32, 64, 128, 256), threshold: float = 0.9, block_length: int = 32,
-                    cache_steps=(16, 32, 64, 128)) -> list[FrontierMethod]:
+                    cache_steps=(16, 32, 64, 128), block_diffusion_steps=(2, 4, 8, 16)) -> list[FrontierMethod]:
     """AR at temperature 1 and top-p 0.9; diffusion ancestral sampling (random order, temperature 1) at each step
     count; the baseline pair (`BASELINE`: diffusion 16 steps with the default low-confidence rule vs AR, both
-    greedy); and semi-AR blocks of `block_length` in low-confidence order at temperature 1, without and with threshold
-    decoding, uncached and with the prefix and dual caches, at each of `cache_steps`."""
+    greedy); semi-AR blocks of `block_length` in low-confidence order at temperature 1, without and with threshold
+    decoding, uncached and with the prefix and dual caches, at each of `cache_steps`; and block diffusion (its own
+    blocks, exact KV cache) in the same order at each of `block_diffusion_steps` per block. Methods whose objective has
+    no checkpoint are skipped."""
     methods = [autoregressive_method("ar"), autoregressive_method("ar top-p 0.9", top_p=0.9),
                autoregressive_method(BASELINE[1], temperature=0.0), diffusion_method(BASELINE[0], num_steps=16)]
     methods += [diffusion_method(f"diffusion random {s}", num_steps=s, remasking="random", temperature=1.0)
@@ -89,6 +92,8 @@ def default_methods(steps_list=(8, 16, 32, 64, 128, 256), threshold: float = 0.9
             methods.append(diffusion_method(f"{label} {s}", **blocks))
             methods.append(diffusion_method(f"{label} threshold {threshold} {s}", confidence_threshold=threshold,
                                             **blocks))
+    methods += [diffusion_method(f"block diffusion, steps per block {s}", "block_diffusion", num_steps=s,
+                                 remasking="low_confidence", temperature=1.0) for s in block_diffusion_steps]
     return methods
 
 
