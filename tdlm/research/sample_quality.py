@@ -33,8 +33,9 @@ def score_texts(scorer, tokenizer, texts: list[str]) -> dict:
 def score_ids(scorer, context: int, encoded: list[list[int]]) -> dict:
     """`score_texts` of samples already in the scorer's tokenizer (lists of ids, each predicted after the `context`
     token): no decode / re-encode round trip, which turns byte-level pieces of a character into replacement
-    characters."""
-    encoded = [ids for ids in encoded if ids]
+    characters. Each sample is cut to the scorer's context (its positions less the context token)."""
+    limit = scorer.config.max_position_embeddings - 1
+    encoded = [ids[:limit] for ids in encoded if ids]
     total, count = 0.0, 0
     for ids in encoded:  # one sample at a time: lengths differ and there are few samples
         result = ar_nll(scorer, torch.tensor([ids]), context_token_id=context)
