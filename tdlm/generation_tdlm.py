@@ -348,7 +348,8 @@ class DiffusionGenerationMixin:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
                              f"input_ids shape {tuple(input_ids.shape)}")
-        is_canvas = bool((input_ids == mask_id).all())  # an all-mask input is itself the canvas
+        # an all-mask input is itself the canvas; an empty prompt ([B, 0]) is not: masks are appended to it
+        is_canvas = input_ids.shape[1] > 0 and bool((input_ids == mask_id).all())
         new_tokens = 0 if is_canvas else (config.max_new_tokens or 0)
         if new_tokens:
             masks = torch.full((input_ids.shape[0], new_tokens), mask_id, dtype=torch.long, device=device)

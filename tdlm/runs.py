@@ -388,8 +388,10 @@ def load_checkpoint(path, device: str | None = None):
         raise FileNotFoundError(f"no config.json in checkpoint folder {path}")
     try:
         model = load_model(path)
-    except (OSError, SafetensorError) as error:  # a truncated or missing weights file
-        raise ValueError(f"{path}: cannot load the model weights ({str(error).splitlines()[0]})") from None
+    except (OSError, SafetensorError) as error:  # a truncated or missing weights file: name it
+        weights = sorted(path.glob("*.safetensors")) or [path / "model.safetensors"]
+        raise ValueError(f"{', '.join(map(str, weights))}: cannot load the model weights "
+                         f"({str(error).splitlines()[0]})") from None
     bad = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
     if bad:
         raise FloatingPointError(f"{path}: {bad} model weights are NaN/inf; its outputs would be meaningless")

@@ -32,12 +32,15 @@ def _pretrained_key(config: dict) -> str:
 
 @contextmanager
 def _loading(key: str, name: str):
-    """A start that cannot be loaded (not a local folder, and offline or no such Hub repo) names its config key."""
+    """A start that cannot be loaded (not a local folder, and offline or no such Hub repo; a folder without the
+    files it needs) names its config key."""
     try:
         yield
     except OSError as error:
         raise ValueError(f"{key}: cannot load {name!r}: not a local folder, and the Hub gave: "
                          f"{str(error).splitlines()[0]}") from None
+    except ValueError as error:
+        raise ValueError(f"{key}: {str(error).splitlines()[0]}") from None
 
 
 def build_tokenizer(config: dict, checkpoint=None):
