@@ -12,9 +12,11 @@ Keys that exist only in this platform (tokenizer, data files, checkpoint cadence
 defaults below. The resolved config is saved in each experiment folder (see runs.py).
 """
 
+import contextlib
 import copy
 import dataclasses
 import inspect
+import io
 import math
 import re
 import typing
@@ -22,11 +24,15 @@ from pathlib import Path
 
 import yaml
 from transformers import TrainingArguments
-from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 from transformers.trainer_utils import SchedulerType
 
 from .configuration_tdlm import TDLMConfig
 from .generation_tdlm import DiffusionGenerationConfig
+
+# transformers prints "[INFO] Running in WANDB offline mode" when this module is first imported with
+# WANDB_MODE=offline: on every command, --help included, before anything ran
+with contextlib.redirect_stdout(io.StringIO()):
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
 
 def _types_of(default, annotation=None) -> tuple:

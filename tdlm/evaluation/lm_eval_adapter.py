@@ -78,6 +78,9 @@ class TDLMLM(TemplateLM):
         self._rank, self._world_size = state.process_index, state.num_processes
         if state.num_processes > 1:
             device = str(state.device)
+        elif device and str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device}: this machine has no CUDA; pass --device cpu (tdlm-lm-eval picks the "
+                             f"machine's device when --device is left out)")
         if model is None:
             if pretrained is None:
                 raise ValueError("lm-eval model 'tdlm' needs pretrained=<checkpoint folder> (or model=, tokenizer=)")

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 from transformers import set_seed
+from transformers.trainer_callback import ProgressCallback
 
 from ..evaluation.multiple_choice import run_downstream
 from ..evaluation.plots import plot_run_losses
 from ..hub import push_to_hub
 from ..runs import Experiment, default_experiment_id, load_checkpoint, missing_resume_state, read_json, resume_point
 from .build import build_data, build_model, build_tokenizer, training_arguments
-from .metrics import MetricsJsonlCallback
+from .metrics import ConsoleProgressCallback, MetricsJsonlCallback
 from .trainer import CheckpointScheduleCallback, DiffusionTrainer
 
 
@@ -50,6 +51,15 @@ def summarize_run(experiment: Experiment, trainer: DiffusionTrainer, train_outpu
     }
 
 
+def loss_label(training_mode: str, loss: float) -> str:
+    """What an eval loss is: a diffusion run's is the NELBO, so exp() bounds the perplexity; an AR run's is the
+    exact NLL, so exp() is the perplexity."""
+    perplexity = math.exp(min(loss, 700))
+    if training_mode == "diffusion":
+        return f"NELBO per token, perplexity bound {perplexity:.2f}"
+    return f"exact NLL per token, perplexity {perplexity:.2f}"
+
+
 def format_summary(summary: dict) -> str:
     best = summary["best_eval_loss"]
     lines = [f"Experiment {summary['experiment_id']} ({summary['training_mode']}) finished",
@@ -57,7 +67,7 @@ def format_summary(summary: dict) -> str:
              f"time {summary['train_runtime_s']:.1f}s, {summary['tokens_per_second'] or 0:,.0f} tokens/s",
              f"  parameters {summary['num_parameters']:,}, train tokens {summary['train_tokens']:,}"]
     if best is not None:
-        lines.append(f"  best eval loss {best:.4f} (perplexity bound {math.exp(min(best, 700)):.2f}) at epoch "
+        lines.append(f"  best eval loss {best:.4f} ({loss_label(summary['training_mode'], best)}) at epoch "
                      f"{summary['best_epoch'] or 0:.2f}: {summary['best_checkpoint']}")
     lines.append(f"  final checkpoint: {summary['final_checkpoint']}")
     return "\n".join(lines)
@@ -107,7 +117,7 @@ def _build_trainer(config: dict, experiment: Experiment, checkpoint: Path | None
     model = build_model(config, tokenizer)
     train, evaluation, collator = build_data(config, tokenizer, model)
     t = config["training"]
-    return DiffusionTrainer(
+    trainer = DiffusionTrainer(
         model=model, args=training_arguments(config, experiment), train_dataset=train, eval_dataset=evaluation,
         data_collator=collator, processing_class=tokenizer,
         callbacks=[CheckpointScheduleCallback(t["save_every_n_steps"], t["save_every_n_epochs"], t["eval_steps"],
@@ -115,6 +125,9 @@ def _build_trainer(config: dict, experiment: Experiment, checkpoint: Path | None
                    MetricsJsonlCallback(experiment), *callbacks],
         detailed_metrics_steps=t["detailed_metrics_steps"], attention_analysis_steps=t["attention_analysis_steps"],
         cleanup_checkpoints=t["cleanup_checkpoints"])
+    if trainer.pop_callback(ProgressCallback) is not None:  # not in notebooks, nor with disable_tqdm
+        trainer.add_callback(ConsoleProgressCallback())
+    return trainer
 
 
 def run_training(config: dict, experiment_id: str | None = None, output_dir: str = "experiments",
@@ -188,5 +201,6 @@ def run_evaluation(config: dict | None, resume: str, output_dir: str = "experime
         results["downstream"] = run_downstream(model, tokenizer, e["tasks"], limit=e["limit"], mc_num=e["mc_num"])
     if trainer.is_world_process_zero():
         path = experiment.write_result(f"eval_{checkpoint.name}", results)
-        print(f"eval loss {results['eval_loss']:.4f}, perplexity bound {results['eval_perplexity']:.2f} -> {path}")
+        print(f"eval loss {results['eval_loss']:.4f} ({loss_label(model.config.training_mode, results['eval_loss'])})"
+              f" -> {path}")
     return results
