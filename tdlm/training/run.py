@@ -11,9 +11,10 @@ from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from ..evaluation.multiple_choice import run_downstream
-from ..evaluation.plots import plot_run_losses
+from ..evaluation.plots import metric_points, plot_run_losses
 from ..hub import push_to_hub
 from ..runs import Experiment, default_experiment_id, load_checkpoint, missing_resume_state, read_json, resume_point
+from ..text_generation import generate_text
 from .build import build_data, build_model, build_tokenizer, training_arguments
 from .metrics import ConsoleProgressCallback, MetricsJsonlCallback
 from .trainer import CheckpointScheduleCallback, DiffusionTrainer
@@ -73,12 +74,31 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_loss_curves(experiment: Experiment) -> None:
+def _write_loss_curves(experiment: Experiment, eval_steps: int | None) -> None:
     """The run's loss curves PNG; matplotlib is an optional extra (tdlm[eval]): without it the run says so."""
     if importlib.util.find_spec("matplotlib") is None:
         print("no loss curves PNG: matplotlib is not installed (pip install 'tdlm[eval]')", flush=True)
         return
     print(f"  loss curves: {plot_run_losses(experiment)}", flush=True)
+    evals = len(metric_points(experiment, "eval", "eval_loss"))
+    if evals == 1:
+        print(f"  (one eval point: the run evaluates every training.eval_steps={eval_steps} steps and at its end; "
+              f"set training.eval_steps below the run's steps for an eval curve)", flush=True)
+
+
+# greedy (temperature 0) samples of a small, briefly trained model collapse into one repeated token
+END_SAMPLE_OPTIONS = {"temperature": 1.0, "top_p": 0.9}
+
+
+def _print_sample(trainer: DiffusionTrainer, config: dict) -> None:
+    """One unconditional sample of the trained model, so that a run ends with text one can read."""
+    if trainer.args.world_size > 1:  # a sharded (FSDP) model cannot sample on rank 0 alone
+        return
+    model = trainer.model.eval()
+    text = generate_text(model, trainer.processing_class, [""], seed=config["training"]["seed"],
+                         **END_SAMPLE_OPTIONS)[0]
+    settings = ", ".join(f"{key} {value}" for key, value in END_SAMPLE_OPTIONS.items())
+    print(f"  sample ({settings}; more with tdlm-generate --model <checkpoint>):\n{text.strip()}", flush=True)
 
 
 def _is_first_process() -> bool:
@@ -165,7 +185,9 @@ def run_training(config: dict, experiment_id: str | None = None, output_dir: str
         summary = summarize_run(experiment, trainer, output, runtime, start_step)
         experiment.write_summary(summary)
         print(format_summary(summary), flush=True)
-        _write_loss_curves(experiment)
+        print(f"  metrics: {experiment.metrics_path}", flush=True)
+        _write_loss_curves(experiment, config["training"]["eval_steps"])
+        _print_sample(trainer, config)
         if config["training"]["push_to_hub"]:  # best checkpoint + model card (tdlm.hub), not Trainer's raw folder
             push_to_hub(experiment.root, repo_id=config["training"]["hub_model_id"])
     return summary
