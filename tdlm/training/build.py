@@ -81,7 +81,9 @@ def build_model(config: dict, tokenizer):
     if model.config.training_mode != m["training_mode"]:
         raise ValueError(f"model.training_mode is {m['training_mode']!r} but the pretrained model {pretrained} is "
                          f"{model.config.training_mode!r}")
-    model.config.head_implementation = m["head_implementation"]  # a training choice: also for pretrained models
+    # a training choice, also for pretrained models; recorded as the head that runs here, so that the saved config
+    # (and a model card built from it) does not claim Triton kernels for a run on a CPU
+    m["head_implementation"] = model.config.head_implementation = head_that_runs(m["head_implementation"])
     check_tokenizer_matches(tokenizer, model.config)
     if model.config.is_diffusion:
         sampling = {k: v for k, v in config["sampling"].items() if v is not None}
@@ -93,6 +95,13 @@ def build_model(config: dict, tokenizer):
     if config["training"]["torch_compile"] or config["training"]["torch_compile_mode"]:  # a mode implies compile
         compile_backbone(model, config["training"]["torch_compile_mode"])
     return model
+
+
+def head_that_runs(requested: str) -> str:
+    """The LM head a run uses: the Triton kernels need CUDA and the triton package, else the chunked head runs."""
+    from ..fused_cross_entropy import triton
+
+    return "chunked" if requested == "triton" and (triton is None or not torch.cuda.is_available()) else requested
 
 
 def compile_backbone(model, mode: str | None = None):

@@ -39,6 +39,7 @@ def summarize_run(experiment: Experiment, trainer: DiffusionTrainer, train_outpu
         "training_mode": trainer.model_config.training_mode,
         "best_checkpoint": state.best_model_checkpoint,
         "best_eval_loss": state.best_metric,
+        "eval_tokens": eval_tokens(trainer),
         "best_epoch": _best_epoch(state),
         "final_checkpoint": str(checkpoints[-1]) if checkpoints else None,
         "train_tokens": state.global_step * tokens_per_step,
@@ -50,6 +51,17 @@ def summarize_run(experiment: Experiment, trainer: DiffusionTrainer, train_outpu
         "global_step": state.global_step,
         "train_loss": train_output.training_loss,
     }
+
+
+def eval_tokens(trainer: DiffusionTrainer) -> int | None:
+    """How many tokens the Trainer's eval loss averages over: the blocks its eval dataloaders yield (the last
+    partial batch is dropped) times the tokens scored per block (AR predicts all but the first)."""
+    if trainer.eval_dataset is None:
+        return None
+    args = trainer.args
+    blocks = len(trainer.get_eval_dataloader()) * args.per_device_eval_batch_size * args.world_size
+    block_size = trainer.eval_dataset.block_size
+    return blocks * (block_size if trainer.model_config.is_diffusion else block_size - 1)
 
 
 def loss_label(training_mode: str, loss: float) -> str:
@@ -217,7 +229,7 @@ def run_evaluation(config: dict | None, resume: str, output_dir: str = "experime
     if state_file.is_file():
         saved = read_json(state_file)
         trainer.state.global_step, trainer.state.epoch = saved["global_step"], saved.get("epoch")
-    results = {"checkpoint": str(checkpoint), **trainer.evaluate()}
+    results = {"checkpoint": str(checkpoint), **trainer.evaluate(), "eval_tokens": eval_tokens(trainer)}
     e = config["enhanced_evaluation"]
     if e["include_downstream"]:
         results["downstream"] = run_downstream(model, tokenizer, e["tasks"], limit=e["limit"], mc_num=e["mc_num"])
