@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -34,8 +33,8 @@ def run(*argv, cwd=REPO_ROOT, timeout=300):
 
 def quick_start(corpus, root, name, *overrides):  # noqa: F811
     """`scripts/train.py --config configs/quick_test.yaml` shrunk to seconds: 12 steps (eval_steps stays 100)."""
-    return run(sys.executable, REPO_ROOT / "scripts" / "train.py", "--config", REPO_ROOT / "configs" / "quick_test.yaml",
-               "--output-dir", root, "--experiment-id", name,
+    return run(sys.executable, REPO_ROOT / "scripts" / "train.py",
+               "--config", REPO_ROOT / "configs" / "quick_test.yaml", "--output-dir", root, "--experiment-id", name,
                f"model.train_bpe={{files: [{corpus / 'train.txt'}], vocab_size: 300}}", "model.hidden_size=32",
                "model.intermediate_size=64", f"data.train_files={corpus / 'train.txt'}",
                f"data.eval_files={corpus / 'eval.txt'}", "data.block_size=16", f"data.cache_dir={corpus / 'cache'}",
