@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 
 from .config import SCHEMA
 from .model_card import is_local_path
-from .runs import pretrained_source
+from .runs import final_location, pretrained_source
 
 PEFT_DEFAULTS = {key: default for key, (default, _) in SCHEMA["peft"].items()}
 DEFAULT_LORA_TARGETS = tuple(PEFT_DEFAULTS["target_modules"])
@@ -88,7 +88,7 @@ def base_model_reference(base_model: str, adapter_dir) -> str:
     model folder relative to the adapter folder, so that the two can move together (never an absolute path, which
     would name this machine's layout)."""
     source = pretrained_source(base_model)
-    return os.path.relpath(source, Path(adapter_dir).resolve()) if Path(source).exists() else source
+    return os.path.relpath(source, final_location(adapter_dir)) if Path(source).exists() else source
 
 
 def _save_shareable(peft_model, base_model: str) -> None:

@@ -251,6 +251,13 @@ def staging_folder(checkpoints_dir, step: int) -> Path:
     return Path(checkpoints_dir) / f"{STAGING_PREFIX}{step}"
 
 
+def final_location(folder) -> Path:
+    """Where a folder being written will live: a checkpoint written under a staging folder
+    (checkpoints/.tmp-<step>/checkpoint-<step>) is renamed into checkpoints/ by `commit_checkpoint`."""
+    folder = Path(folder).resolve()
+    return folder.parent.parent / folder.name if folder.parent.name.startswith(STAGING_PREFIX) else folder
+
+
 def commit_checkpoint(staged: Path, final: Path) -> None:
     """Move a fully written checkpoint into place (an atomic rename; an older folder of that step is replaced)."""
     if final.exists():  # re-saving the same step (e.g. an eval-only run's folder)

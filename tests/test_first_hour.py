@@ -111,8 +111,12 @@ def test_3_model_card_of_a_cpu_run_shows_the_config_that_ran_and_the_evaluated_t
 
 
 # 5 -------------------------------------------------------------------------------------------------------------
-def test_5_a_checkpoint_folder_as_tokenizer_loads_without_a_prompt(runs):
-    code, out = runs["ar"]
+def test_5_a_checkpoint_folder_as_tokenizer_loads_without_a_prompt(runs, corpus, tmp_path):  # noqa: F811
+    code, out = runs["ar"]  # model.tokenizer=<checkpoint folder>
+    assert code == 0, out[-3000:]
+    assert "custom code" not in out and "You are using a model of type" not in out
+    code, out = run(sys.executable, REPO_ROOT / "scripts" / "prepare_data.py", "--tokenizer", runs["checkpoint"],
+                    "--train", corpus / "eval.txt", "--output", tmp_path / "prepared")
     assert code == 0, out[-3000:]
     assert "custom code" not in out and "You are using a model of type" not in out
 
@@ -120,7 +124,7 @@ def test_5_a_checkpoint_folder_as_tokenizer_loads_without_a_prompt(runs):
 # 6 -------------------------------------------------------------------------------------------------------------
 def test_6_run_summaries_say_what_the_eval_loss_is(runs):
     assert "NELBO per token, perplexity bound" in runs["dd"][1]
-    assert "exact NLL per token, perplexity" in runs["ar"][1] and "bound" not in runs["ar"][1]
+    assert "exact NLL per token, perplexity" in runs["ar"][1] and "perplexity bound" not in runs["ar"][1]
 
 
 # 7 -------------------------------------------------------------------------------------------------------------
