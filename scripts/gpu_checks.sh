@@ -8,16 +8,18 @@
 # and a kernel profile per head), then the data-constrained study. Prints compact tables; files land in $OUT.
 # Usage on the GPU machine, from the repo root, with ../shared/data present (or DATA=path/to/data):
 #   OUT=gpu_out bash scripts/gpu_checks.sh
-#   EPOCHS=200 BUDGETS=25%,50%,100% bash scripts/gpu_checks.sh
+#   BUDGETS=0.25M,0.5M SIZES=128x2,256x4 bash scripts/gpu_checks.sh
 #   COMPILE=false,true,reduce-overhead bash scripts/gpu_checks.sh   # also the compiled backbone without CUDA graphs
 #   RUN_STUDY=0 bash scripts/gpu_checks.sh                          # the kernel check and the benchmark only
 #   RUN_BENCHMARK=0 RUN_STUDY=0 bash scripts/gpu_checks.sh          # the reliability run only (RUN_RELIABILITY=0: none)
 #   RUN_SCALE=0 bash scripts/gpu_checks.sh     # without scripts/gpu_scale_checks.sh (head grid ~3 min, ladder ~8 min)
 # Every setting is an environment variable (defaults below); tests/test_benchmark.py runs this script on CPU with a
 # tiny config. Budget on an H100: the kernel check up to ~2-3 min (it autotunes the kernels for fp32 and bf16), the
-# benchmark ~3 min (each compiled variant compiles per objective), the study ~8-10 min at the defaults (timed with the
-# chunked head); within one 15-minute GPU allowance use EPOCHS=200 BUDGETS=25%,100%, or RUN_STUDY=0. Both write their
-# JSON as they go, so a timeout keeps what was measured; the benchmark times its compiled variants last, so its cap
+# benchmark ~3 min (each compiled variant compiles per objective). The study (python-stdlib, 2k BPE, L=256: budgets
+# 0.25M/0.5M/1M x sizes 128x2/192x3/256x4 x both objectives, a second seed at 0.5M; not yet timed on a GPU) is
+# resumable: run it alone (RUN_RELIABILITY=0 RUN_BENCHMARK=0 RUN_SCALE=0) and call again with the returned runs/
+# carried in STUDY_DIR until study.md lists every arm. Both write their JSON as they go, so a timeout keeps what was
+# measured; the benchmark times its compiled variants last, so its cap
 # (BENCH_TIMEOUT) cuts those first. The reliability run: ~1-2 min per objective (compile, 400 + 200 steps, the eager
 # metrics passes, evaluations); RELIABILITY_TIMEOUT caps each training command.
 set -uo pipefail
@@ -26,8 +28,8 @@ BENCH_CONFIG=${BENCH_CONFIG:-configs/example_config.yaml}
 BENCH_ARGS=${BENCH_ARGS:---steps 15 --warmup 5 --sampling-steps 16,32,64,256 --sampling-batch 8 --sampling-length 256 --repeats 3 --profile}
 HEADS=${HEADS:-chunked,triton}
 COMPILE=${COMPILE:-false,reduce-overhead}
-STUDY_CONFIG=${STUDY_CONFIG:-configs/study_gpu.yaml}
-STUDY_DIR=${STUDY_DIR:-experiments/study_gpu}
+STUDY_CONFIG=${STUDY_CONFIG:-configs/study_stdlib_gpu.yaml}
+STUDY_DIR=${STUDY_DIR:-research/study_stdlib_gpu}
 mkdir -p "$OUT"
 if [ -n "${DATA:-}" ] && [ ! -e ../shared/data ]; then mkdir -p ../shared && ln -s "$(realpath "$DATA")" ../shared/data; fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -103,10 +105,13 @@ if [ "${RUN_SCALE:-1}" = 1 ]; then  # the head grid with the libraries and the s
 fi
 [ "${RUN_STUDY:-1}" = 1 ] || exit 0
 # shellcheck disable=SC2086
-timeout "${STUDY_TIMEOUT:-480}" python scripts/data_constrained_study.py --config "$STUDY_CONFIG" \
-    --epochs "${EPOCHS:-200}" --unique-tokens "${BUDGETS:-25%,50%,100%}" --eval-every "${EVAL_EVERY:-10}" \
-    --arms "${ARMS:-ar,diffusion,ar_regularized,diffusion_regularized}" --nelbo-samples 4 --max-eval-blocks "${EVAL_BLOCKS:-32}" \
-    --gen-samples "${GEN_SAMPLES:-16}" --output-dir "$STUDY_DIR" ${STUDY_OVERRIDES:-} 2>&1 | grep -v "it/s\]" | tee "$OUT/study.log"
-# only the study summary comes back (the device tool returns a few files)
-cp "$STUDY_DIR"/{study.json,study.md,study.png,best_vs_budget.png,reuse_fits.png} "$OUT/" 2>/dev/null
+timeout "${STUDY_TIMEOUT:-540}" python scripts/data_constrained_study.py --config "$STUDY_CONFIG" \
+    --unique-tokens "${BUDGETS:-0.25M,0.5M,1M}" --sizes "${SIZES:-128x2,192x3,256x4}" \
+    --max-epochs "${MAX_EPOCHS:-300}" --extra-at "${SEED_BUDGET:-0.5M}" --dropout "${DROPOUT:-0}" \
+    --output-dir "$STUDY_DIR" ${STUDY_OVERRIDES:-} 2>&1 | grep -v "it/s\]" | tee "$OUT/study.log"
+# the study summary and every finished arm's result come back (carry them into STUDY_DIR to resume elsewhere)
+cp "$STUDY_DIR"/{study.json,study.md,study.png} "$OUT/" 2>/dev/null
+mkdir -p "$OUT/runs" && for r in "$STUDY_DIR"/runs/*/result.json; do
+    [ -e "$r" ] && mkdir -p "$OUT/runs/$(basename "$(dirname "$r")")" && cp "$r" "$OUT/runs/$(basename "$(dirname "$r")")/"
+done
 exit 0

@@ -25,8 +25,8 @@ def test_gpu_checks_script_runs_benchmark_and_study_on_cpu(tmp_path):
            "BENCH_CONFIG": "configs/quick_test.yaml", "HEADS": "chunked,triton", "COMPILE": "false",
            "BENCH_ARGS": "--steps 2 --warmup 1 --sampling-steps 4 --sampling-batch 2 --sampling-length 16 "
                          "--repeats 1 --profile training.batch_size=8",
-           "STUDY_CONFIG": "configs/quick_test.yaml", "EPOCHS": "1", "BUDGETS": "2%,4%", "EVAL_EVERY": "1",
-           "EVAL_BLOCKS": "4", "STUDY_OVERRIDES": "training.batch_size=8"}
+           "STUDY_CONFIG": "configs/quick_test.yaml", "MAX_EPOCHS": "2", "BUDGETS": "2k,4k", "SIZES": "32x1",
+           "SEED_BUDGET": "4k", "DROPOUT": "0.1", "STUDY_OVERRIDES": "training.batch_size=8"}
     env.pop("TRITON_INTERPRET", None)
     result = subprocess.run(["bash", "scripts/gpu_checks.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=900)
@@ -51,10 +51,11 @@ def test_gpu_checks_script_runs_benchmark_and_study_on_cpu(tmp_path):
     assert "| mode | path | head | compile |" in log and "Profile, bare loop, diffusion, head triton: step" in log
 
     summary = json.loads((out / "study.json").read_text())
-    arms = summary["arms"]  # every arm at both budgets
-    assert {a["arm"] for a in arms} == {"ar", "diffusion", "ar_regularized", "diffusion_regularized"}
-    assert len(arms) == 8 and len({a["unique_tokens"] for a in arms}) == 2
+    arms = summary["arms"]  # both objectives at both budgets, then a second seed and a dropout arm at SEED_BUDGET
+    assert len(arms) == 2 * 2 + 2 + 2 and {a["objective"] for a in arms} == {"ar", "diffusion"}
+    assert {a["budget"] for a in arms if a["seed"] == 1 or a["dropout"]} == {4000}
     assert (out / "study.md").exists() and (out / "study.png").stat().st_size > 0
+    assert len(list((out / "runs").glob("*/result.json"))) == len(arms)  # what another machine needs to resume
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ reads with numpy + torch alone (shards.py).
 from .build import build_datasets, load_blocks, prepared_folder
 from .collator import DataCollatorForTDLM
 from .prepare import ensure_prepared, prepare_dataset
-from .shards import BlockDataset, ShardedBlocks, TokenShards, read_index, tokenizer_fingerprint
+from .shards import BlockDataset, ShardedBlocks, TokenShards, document_blocks, read_index, tokenizer_fingerprint
 
 __all__ = ["BlockDataset", "DataCollatorForTDLM", "ShardedBlocks", "TokenShards", "build_datasets",
-           "ensure_prepared", "load_blocks", "prepare_dataset", "prepared_folder", "read_index",
+           "document_blocks", "ensure_prepared", "load_blocks", "prepare_dataset", "prepared_folder", "read_index",
            "tokenizer_fingerprint"]

@@ -70,9 +70,11 @@ class SplitWriter:
     def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS):
         self.folder, self.split, self.dtype, self.shard_tokens = folder, split, dtype, shard_tokens
         self.shards, self.num_documents, self.file = [], 0, None
+        self.document_lengths = []  # tokens per document, in writing order: budgets of whole documents
 
-    def write(self, tokens: np.ndarray, num_documents: int) -> None:
-        self.num_documents += num_documents
+    def write(self, tokens: np.ndarray, document_lengths: np.ndarray) -> None:
+        self.num_documents += len(document_lengths)
+        self.document_lengths.append(np.asarray(document_lengths, dtype=np.int64))
         while tokens.size:
             if self.file is None or self.shards[-1]["num_tokens"] == self.shard_tokens:
                 self._next_shard()
@@ -90,8 +92,11 @@ class SplitWriter:
     def close(self) -> dict:
         if self.file is not None:
             self.file.close()
+        lengths = np.concatenate(self.document_lengths) if self.document_lengths else np.zeros(0, np.int64)
+        documents = f"{self.split}-documents.npy"
+        np.save(self.folder / documents, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         return {"num_documents": self.num_documents, "num_tokens": sum(s["num_tokens"] for s in self.shards),
-                "shards": self.shards}
+                "shards": self.shards, "documents": documents}
 
 
 def write_tokens(tokenized, writer: SplitWriter, held_out_writer: SplitWriter | None) -> int:
@@ -103,8 +108,9 @@ def write_tokens(tokenized, writer: SplitWriter, held_out_writer: SplitWriter | 
         ids, held = table.column("input_ids"), table.column("eval").to_numpy(zero_copy_only=False)
         for target, rows in ((writer, ~held), (held_out_writer, held)):
             if rows.any():
-                tokens = pc.list_flatten(pc.filter(ids, rows)).to_numpy()
-                target.write(tokens, int(rows.sum()))
+                kept = pc.filter(ids, rows)
+                tokens = pc.list_flatten(kept).to_numpy()
+                target.write(tokens, pc.list_value_length(kept).to_numpy(zero_copy_only=False))
                 largest = max(largest, int(tokens.max(initial=0)))
     return largest
 

@@ -110,6 +110,42 @@ class TokenShards:
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
+    def document_offsets(self) -> np.ndarray:
+        """Token offsets of the split's documents: [num_documents + 1] int64, from 0 to num_tokens."""
+        name = self.index["splits"][self.split].get("documents")
+        if name is None:
+            raise ValueError(f"{self.folder} records no document boundaries (prepared by an older tdlm); "
+                             f"prepare it again with tdlm-prepare")
+        offsets = np.load(self.folder / name)
+        if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != self.num_tokens:
+            raise ValueError(f"{self.folder / name} is corrupt (its offsets do not span the split's "
+                             f"{self.num_tokens} tokens); prepare the data again")
+        return offsets
+
+
+def document_blocks(tokens: TokenShards, documents, block_size: int, num_blocks: int | None = None):
+    """Blocks of `block_size` tokens cut from `documents` (indices into the split, in the order given) written
+    back to back, and the document each block starts in: ([num_blocks, block_size], [num_blocks]) LongTensors.
+
+    Documents shuffled with a seed and cut at growing `num_blocks` give nested budgets that sample the corpus,
+    not a few neighbouring files; the tail shorter than a block is dropped."""
+    offsets = tokens.document_offsets()
+    documents = np.asarray(documents, dtype=np.int64)
+    lengths = offsets[documents + 1] - offsets[documents]
+    available = int(lengths.sum()) // block_size
+    num_blocks = available if num_blocks is None else num_blocks
+    if not 0 < num_blocks <= available:
+        raise ValueError(f"{tokens.name}: {num_blocks} blocks of {block_size} tokens asked for, the documents "
+                         f"given hold {available}")
+    needed = int(np.searchsorted(np.cumsum(lengths), num_blocks * block_size)) + 1
+    stream = np.concatenate([tokens.read(int(offsets[d]), int(n)) for d, n in zip(documents[:needed],
+                                                                                lengths[:needed])])
+    owner = np.repeat(documents[:needed], lengths[:needed])
+    size = num_blocks * block_size
+    blocks = torch.from_numpy(stream[:size].astype(np.int64)).view(num_blocks, block_size)
+    return blocks, torch.from_numpy(owner[:size:block_size].copy())
+
+
 class ShardedBlocks(torch.utils.data.Dataset):
     """Blocks [i * block_size, (i + 1) * block_size) of a split; the tail shorter than a block is dropped.
 

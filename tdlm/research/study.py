@@ -1,58 +1,64 @@
-"""The data-constrained study: AR vs masked diffusion trained for many epochs on a fixed unique-token budget.
+"""The data-constrained study: AR vs masked diffusion, each at its best model size and schedule, for a fixed number of
+unique training tokens that is repeated for many epochs.
 
-For each budget (a prefix of the prepared training shards, given in tokens or as a fraction) and each arm, one model
-is trained with the same backbone, optimizer, schedule and tokens through `DiffusionTrainer`; every `eval_every`
-epochs it is scored on the same held-out blocks of L tokens:
-- `ar`, `ar_regularized`: exact NLL of all L tokens of each block. AR sees a context token (BOS, else EOS) in front
-  of every block, in training and in scoring, so it predicts the same L tokens the NELBO pays for (scoring only
-  L - 1 tokens given the first would bias the comparison against diffusion by about (H(x_1) - h) / L nats/token);
-- `diffusion`, `diffusion_regularized`: the NELBO per token (an upper bound on the NLL) with fixed-seed stratified
-  Monte-Carlo over t and its standard error (`evaluation.likelihood.diffusion_nelbo`).
-The `_regularized` arms add dropout (0.1, Prabhudesai et al. 2025) and nothing else. Each point records the training
-FLOPs so far (6 N D over the positions processed). Each arm keeps its best checkpoint; after all arms, each best
-checkpoint's samples are scored by the best AR model of the largest budget (`sample_quality`). study.json, study.md
-and the figures (`study_report`) are rewritten after every arm and every sample-quality row, so a cut run keeps
-what finished. Each arm is a run folder, runs/<arm>_<budget> (config.yaml, logs/metrics.jsonl, tracker logs, best/),
-trained with the Trainer's progress bar and logging to the configured trackers (training.report_to), its held-out
-points included.
+- Data: the training documents of a prepared folder (`data.prepared`, with document boundaries) shuffled with a
+  seed; a budget of U unique tokens is the first U // L blocks of those documents written back to back, so budgets
+  are nested random samples of the corpus, not a few neighbouring files. The held-out split is cut into blocks in
+  document order; every eighth block (so every sizeable document contributes) selects checkpoints, the other three quarters
+  report. The reported loss is therefore not the minimum it was chosen by.
+- Scoring: all L tokens of every block, for every objective. AR sees a context token (BOS, else EOS) before each
+  block, in training and in scoring; diffusion pays the NELBO of all L tokens (stratified t, seeded per block, so
+  two checkpoints are compared on the same draws).
+- Schedule: warmup-stable-decay. An arm trains at constant learning rate; at epochs 2, 3, 4, 6, 8, 12, ... and its last it
+  branches a cool-down of `cooldown` x epochs with the rate decaying linearly to 0, scores it and resumes the stable
+  run. Each branch stands for a run whose decay ends there (Hägele et al. 2024), so an arm's best branch is its best
+  over schedule lengths: the same rule for both objectives. An arm stops once `patience` branches in a row were
+  worse than its best by more than 2 standard errors (paired, clustered by document).
+- Arms: objective x model size x seed (x dropout). Each arm's folder holds state.pt, rewritten at every branch
+  (an interrupted arm continues from its last branch, bit for bit), its best model, and result.json once finished;
+  finished arms are never recomputed. study.json gathers every finished arm and is rewritten after each one.
 """
 
 import copy
+import json
+import math
+import os
+import platform
 import re
+import subprocess
+import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from transformers import TrainerCallback, set_seed
+from tqdm.auto import tqdm
 
-from ..data import DataCollatorForTDLM, build_datasets
-from ..evaluation.likelihood import ar_nll, diffusion_nelbo, prefix_token_id
-from ..runs import Experiment, load_model
-from ..training import DiffusionTrainer, build_model, build_tokenizer, training_arguments
-from ..training.metrics import MetricsJsonlCallback
-from .sample_quality import sample_quality, with_context
-from .study_report import AR_ARMS, tokens_label, write_results
+from ..data import TokenShards, document_blocks
+from ..data.build import prepared_folder
+from ..evaluation.likelihood import diffusion_nelbo_samples, prefix_token_id
+from ..schedules import diffusion_targets, get_noise_schedule
+from ..training import build_model, build_tokenizer
+from .sample_quality import with_context
+from .statistics import paired_difference
 
-ARMS = ("ar", "diffusion", "ar_regularized", "diffusion_regularized")
+OBJECTIVES = ("ar", "diffusion")
+MODES = {"ar": "autoregressive", "diffusion": "diffusion"}
 SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9}
+Z = 2.0  # "better" means better by more than Z standard errors
+SELECTION_STRIDE = 8  # every eighth held-out block selects checkpoints; the rest report
 
 
+# ---- the grid ----------------------------------------------------------------------------------
 def parse_budgets(text: str, available_tokens: int) -> list[int]:
-    """"0.25M,1M,4M" (tokens; k/M/B suffixes or plain integers > 1), "25%" or "0.25" (fractions of the training
-    split) -> unique-token budgets, each at most `available_tokens`."""
+    """"25k,100k,0.4M" (k/M/B suffixes or plain integers) -> unique-token budgets, each at most `available_tokens`."""
     budgets = []
     for part in (p.strip() for p in text.split(",")):
-        match = re.fullmatch(r"([0-9.]+)\s*([kKmMbB%]?)", part)
+        match = re.fullmatch(r"([0-9.]+)\s*([kKmMbB]?)", part)
         if not match:
-            raise ValueError(f"--unique-tokens: {part!r} is not a token count (0.25M, 250k) or a fraction (25%, 0.25)")
-        value, unit = float(match[1]), match[2].lower()
-        if unit == "%" or (not unit and value <= 1):
-            fraction = value / 100 if unit == "%" else value
-            if not 0 < fraction <= 1:
-                raise ValueError(f"--unique-tokens: {part!r} is not a fraction in (0, 1]")
-            tokens = round(fraction * available_tokens)
-        else:
-            tokens = round(value * SUFFIXES.get(unit, 1))
+            raise ValueError(f"--unique-tokens: {part!r} is not a token count (25k, 0.4M, 100000)")
+        tokens = round(float(match[1]) * SUFFIXES.get(match[2].lower(), 1))
         if not 0 < tokens <= available_tokens:
             raise ValueError(f"--unique-tokens: {part!r} = {tokens:,} tokens, but the training split has "
                              f"{available_tokens:,}")
@@ -60,152 +66,448 @@ def parse_budgets(text: str, available_tokens: int) -> list[int]:
     return budgets
 
 
-def arm_config(config: dict, arm: str, epochs: int, dropout: float) -> dict:
-    """The experiment config of one study arm: only the objective (and the regularised arms' dropout) differ."""
-    if arm not in ARMS:
-        raise ValueError(f"--arms: unknown arm {arm!r}; expected some of {ARMS}")
+def parse_sizes(text: str) -> list[str]:
+    """"48x2,96x3" -> model sizes "HxN": hidden size H (a multiple of 16), N layers."""
+    sizes = [s.strip() for s in text.split(",")]
+    for size in sizes:
+        match = re.fullmatch(r"(\d+)x(\d+)", size)
+        if not match or int(match[1]) % 16 or int(match[1]) == 0 or int(match[2]) == 0:
+            raise ValueError(f"--sizes: {size!r} is not HIDDENxLAYERS with HIDDEN a positive multiple of 16 "
+                             f"(e.g. 48x2)")
+    return sizes
+
+
+def size_shape(size: str) -> dict:
+    """Model shape of "HxN": heads of 16 dimensions, SwiGLU width 8H/3 rounded up to a multiple of 16."""
+    hidden, layers = (int(v) for v in size.split("x"))
+    return {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": hidden // 16,
+            "intermediate_size": -(-8 * hidden // 3 // 16) * 16}
+
+
+def tokens_label(tokens: int) -> str:
+    """24,960 -> "25k" (a budget rounded to whole blocks keeps its round name)."""
+    return f"{tokens / 1e6:.3g}M" if tokens >= 1e6 else f"{tokens / 1e3:.3g}k"
+
+
+@dataclass(frozen=True)
+class Arm:
+    objective: str
+    size: str
+    budget: int  # unique tokens asked for (the arm trains on whole blocks of them)
+    seed: int = 0
+    dropout: float = 0.0
+
+    @property
+    def name(self) -> str:
+        extra = f"_drop{self.dropout:g}" if self.dropout else ""
+        return f"{self.objective}_{self.size}_{tokens_label(self.budget)}_seed{self.seed}{extra}"
+
+
+def arm_config(config: dict, arm: Arm, block_size: int) -> dict:
+    """The experiment config of one arm: only objective, shape, dropout and seed differ between arms."""
+    if arm.objective not in OBJECTIVES:
+        raise ValueError(f"--objectives: unknown objective {arm.objective!r}; expected some of {OBJECTIVES}")
     variant = copy.deepcopy(config)
     model = variant["model"]
-    model["training_mode"] = "autoregressive" if arm in AR_ARMS else "diffusion"
-    # one position more than a block for every arm (AR's context token): identical backbones (RoPE adds no weights)
-    model["max_position_embeddings"] = variant["data"]["block_size"] + 1
-    if arm.endswith("_regularized"):
-        model["hidden_dropout"] = model["attention_dropout"] = dropout
-    variant["training"].update(epochs=epochs, max_steps=None, save_every_n_steps=None, save_every_n_epochs=None,
-                               eval_steps=None, detailed_metrics_steps=None, attention_analysis_steps=None)
+    model.update(size_shape(arm.size), training_mode=MODES[arm.objective], hidden_dropout=arm.dropout,
+                 attention_dropout=arm.dropout)
+    model["max_position_embeddings"] = block_size + 1  # AR's context token; identical backbones (RoPE: no weights)
+    variant["training"]["seed"] = arm.seed
     return variant
 
 
-class WithContextToken(torch.utils.data.Dataset):
-    """Training blocks with `token_id` in front, for AR arms: position 0 learns to predict a block's first token
-    from the context token alone, as it must when scored."""
+# ---- data --------------------------------------------------------------------------------------
+class StudyData:
+    """The budgets' training blocks (nested, from seeded shuffled documents) and the held-out blocks with the
+    document each comes from, split into selection and report blocks."""
 
-    def __init__(self, blocks, token_id: int):
-        self.blocks, self.token_id = blocks, token_id
+    def __init__(self, folder, block_size: int):
+        self.folder, self.block_size = Path(folder), block_size
+        self.train = TokenShards(folder, "train")
+        evaluation = TokenShards(folder, "eval")
+        num_documents = len(evaluation.document_offsets()) - 1
+        blocks, documents = document_blocks(evaluation, np.arange(num_documents), block_size)
+        selection = torch.zeros(len(blocks), dtype=torch.bool)
+        selection[::SELECTION_STRIDE] = True
+        self.selection = blocks[selection], documents[selection]
+        self.report = blocks[~selection], documents[~selection]
 
-    def __len__(self):
-        return len(self.blocks)
+    def document_order(self, seed: int) -> np.ndarray:
+        num_documents = len(self.train.document_offsets()) - 1
+        return np.random.default_rng(seed).permutation(num_documents)
 
-    def __getitem__(self, index):
-        ids = self.blocks[index]["input_ids"]
-        return {"input_ids": torch.cat([ids.new_tensor([self.token_id]), ids])}
+    def budget_blocks(self, tokens: int, seed: int) -> torch.LongTensor:
+        """The first tokens // L blocks of the training documents shuffled with `seed`."""
+        return document_blocks(self.train, self.document_order(seed), self.block_size, tokens // self.block_size)[0]
 
 
-def score(model, blocks: torch.LongTensor, context_id: int, num_samples: int, seed: int, batch_size: int) -> dict:
-    """Held-out loss per token over all L tokens of each block, and its standard error (0 for the exact AR NLL)."""
+# ---- scoring: all L tokens of every block --------------------------------------------------------
+@torch.no_grad()
+def block_losses(model, blocks: torch.LongTensor, context_id: int, num_samples: int, seed: int,
+                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per block: loss per token over all L tokens (AR: exact NLL given the context token; diffusion: the NELBO
+    averaged over `num_samples` stratified draws) and the Monte-Carlo variance of that mean (0 for AR)."""
+    was_training = model.training
+    model.eval()
+    length = blocks.shape[1]
     if model.config.is_diffusion:
-        result = diffusion_nelbo(model, blocks, num_samples, seed, batch_size=batch_size)
-        return {"eval_loss": result["nelbo"], "standard_error": result["standard_error"]}
-    result = ar_nll(model, with_context(blocks, context_id), batch_size)
-    return {"eval_loss": result["nll"], "standard_error": 0.0}
+        draws = diffusion_nelbo_samples(model, blocks, num_samples, seed, batch_size=batch_size) / length
+        losses, variance = draws.mean(1).numpy(), (draws.var(1) / num_samples).numpy()
+    else:
+        rows = []
+        for start in range(0, len(blocks), batch_size):
+            batch = with_context(blocks[start:start + batch_size], context_id).to(model.device)
+            out = model(input_ids=batch, labels=batch)
+            rows.append(out.token_losses.double().cpu().view(len(batch), length).mean(1))
+        losses = torch.cat(rows).numpy()
+        variance = np.zeros_like(losses)
+    model.train(was_training)
+    return losses, variance
 
 
-class HeldOutLikelihood(TrainerCallback):
-    """Scores the model on held-out blocks every `eval_every` epochs (and after the last epoch), hands each point to
-    `log` (the Trainer's: metrics.jsonl and the configured trackers) and keeps the best weights seen."""
+# ---- training one arm ----------------------------------------------------------------------------
+def branch_epochs(max_epochs: int) -> list[int]:
+    """2, 3, 4, 6, 8, 12, 16, ... (2^k and 1.5 * 2^k) below max_epochs, then max_epochs."""
+    epochs, e = [], 2
+    while e < max_epochs:
+        epochs += [e] + ([e * 3 // 2] if e * 3 // 2 < max_epochs and e >= 2 else [])
+        e *= 2
+    return sorted(set(epochs)) + [max_epochs]
 
-    def __init__(self, blocks, context_id, eval_every, num_samples, seed, batch_size, flops_per_step, log):
-        self.blocks, self.context_id, self.eval_every, self.num_samples = blocks, context_id, eval_every, num_samples
-        self.seed, self.batch_size, self.flops_per_step, self.log = seed, batch_size, flops_per_step, log
-        self.points, self.model, self.best_state = [], None, None
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.model = model
+class ArmTrainer:
+    """Trains one arm with warmup-stable-decay and cool-down branches (see the module docstring)."""
 
-    def on_epoch_end(self, args, state, control, **kwargs):
-        epoch = round(state.epoch)
-        if epoch % self.eval_every and epoch < args.num_train_epochs:
+    def __init__(self, arm: Arm, config: dict, tokenizer, blocks, data: StudyData, settings: dict, folder: Path):
+        self.arm, self.config, self.blocks, self.data, self.folder = arm, config, blocks, data, folder
+        self.settings, self.context_id = settings, prefix_token_id(tokenizer)
+        torch.manual_seed(arm.seed)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = build_model(config, tokenizer).to(device)
+        self.model.train()
+        t = config["training"]
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        other = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t["weight_decay"]},
+                                            {"params": other, "weight_decay": 0.0}], lr=t["learning_rate"],
+                                           betas=(t["adam_beta1"], t["adam_beta2"]))
+        self.batch_size, self.peak_lr, self.warmup = t["batch_size"], t["learning_rate"], t["warmup_steps"]
+        self.schedule = get_noise_schedule(self.model.config.noise_schedule)
+        self.steps_per_epoch = math.ceil(len(blocks) / self.batch_size)
+        positions = blocks.shape[1] + (0 if self.model.config.is_diffusion else 1)
+        self.flops_per_block = 6 * self.model.num_parameters() * positions
+        self.epoch, self.step, self.blocks_seen, self.points = 0, 0, 0, []
+        self.best = None  # {"loss", "losses", "variance", "state", "point"}
+        self._resume()
+
+    # -- state
+    def _resume(self) -> None:
+        path = self.folder / "state.pt"
+        if not path.is_file():
             return
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            point = score(self.model, self.blocks, self.context_id, self.num_samples, self.seed, self.batch_size)
-        self.model.train(was_training)
-        if not self.points or point["eval_loss"] < min(p["eval_loss"] for p in self.points):
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.points.append({"epoch": epoch, "step": state.global_step,
-                            "train_flops": state.global_step * self.flops_per_step, **point})
-        self.log({"eval_loss": point["eval_loss"], "eval_standard_error": point["standard_error"]})
+        state = torch.load(path, weights_only=True, map_location=self.model.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step, self.blocks_seen = int(state["epoch"]), int(state["step"]), int(state["blocks_seen"])
+        self.points = json.loads(state["points"])
+        self.best = {"loss": float(state["best_loss"]), "losses": state["best_losses"].numpy(),
+                     "variance": state["best_variance"].numpy(), "state": state["best_model"],
+                     "point": json.loads(state["best_point"])}
+
+    def _save(self) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+                 "step": self.step, "blocks_seen": self.blocks_seen, "points": json.dumps(self.points),
+                 "best_loss": self.best["loss"], "best_losses": torch.from_numpy(self.best["losses"]),
+                 "best_variance": torch.from_numpy(self.best["variance"]), "best_model": self.best["state"],
+                 "best_point": json.dumps(self.best["point"])}
+        staging = self.folder / "state.pt.tmp"
+        torch.save(state, staging)
+        os.replace(staging, self.folder / "state.pt")  # a crash mid-save leaves the previous state whole
+
+    # -- one optimizer step
+    def _batches(self, epoch: int, stream: str):
+        """The epoch's blocks in a seeded order: the stable run and each cool-down draw their own orders."""
+        generator = torch.Generator().manual_seed(hash_seed(self.arm.seed, stream, epoch))
+        order = torch.randperm(len(self.blocks), generator=generator)
+        for start in range(0, len(order), self.batch_size):
+            yield self.blocks[order[start:start + self.batch_size]]
+
+    def _train_step(self, batch: torch.LongTensor, lr: float, key: int) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(key)  # dropout
+        generator = torch.Generator().manual_seed(key)  # corruption is drawn on the CPU: the same on any device
+        device = self.model.device
+        if self.model.config.is_diffusion:
+            c = self.model.config
+            targets = diffusion_targets(batch, None, self.schedule, c.mask_token_id,
+                                        single_ratio_per_sequence=c.single_ratio_per_sequence,
+                                        min_mask_ratio=c.min_mask_ratio, max_mask_ratio=c.max_mask_ratio,
+                                        time_epsilon=c.time_epsilon, antithetic=c.antithetic_sampling,
+                                        generator=generator)
+            loss = self.model(input_ids=targets["input_ids"].to(device), labels=targets["labels"].to(device),
+                              loss_weights=targets["loss_weights"].to(device), num_items_in_batch=batch.numel()).loss
+        else:
+            inputs = with_context(batch, self.context_id).to(device)
+            loss = self.model(input_ids=inputs, labels=inputs).loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["training"]["max_grad_norm"])
+        self.optimizer.step()
+        loss = loss.item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{self.arm.name}: non-finite training loss at step {self.step}")
+        return loss
+
+    def _stable_lr(self) -> float:
+        return self.peak_lr * min(1.0, (self.step + 1) / max(1, self.warmup))
+
+    # -- a cool-down branch
+    def _branch(self) -> dict:
+        """Cool down from the current state, score the selection blocks, restore the stable run."""
+        saved_model = {k: v.clone() for k, v in self.model.state_dict().items()}
+        saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
+        lr = self._stable_lr()
+        steps = max(1, round(self.settings["cooldown"] * self.epoch * self.steps_per_epoch))
+        done, epoch, blocks = 0, self.epoch, 0
+        while done < steps:
+            for batch in self._batches(epoch, "cooldown"):
+                self._train_step(batch, lr * (1 - (done + 1) / steps), hash_seed(self.arm.seed, "cool", self.step,
+                                                                                  done))
+                done, blocks = done + 1, blocks + len(batch)
+                if done == steps:
+                    break
+            epoch += 1
+        selection_blocks, documents = self.data.selection
+        losses, variance = block_losses(self.model, selection_blocks, self.context_id,
+                                        self.settings["selection_samples"], self.settings["eval_seed"])
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(saved_model)
+        self.optimizer.load_state_dict(saved_optimizer)
+        loss = float(losses.mean())
+        point = {"epoch": self.epoch, "step": self.step, "cooldown_steps": steps,
+                 "train_flops": (self.blocks_seen + blocks) * self.flops_per_block, "eval_loss": loss,
+                 "standard_error": float(math.sqrt(variance.sum()) / len(losses))}
+        if self.best is not None:
+            versus = paired_difference(losses, self.best["losses"], documents, variance, self.best["variance"])
+            point["worse_than_best"] = versus["difference"] > Z * versus["standard_error"]
+        if self.best is None or loss < self.best["loss"]:
+            self.best = {"loss": loss, "losses": losses, "variance": variance, "state": state, "point": point}
+        return point
+
+    def _stop_early(self) -> bool:
+        recent = self.points[-self.settings["patience"]:]
+        return len(recent) == self.settings["patience"] and all(p.get("worse_than_best") for p in recent)
+
+    # -- the run
+    def train(self) -> None:
+        max_epochs = self.settings["max_epochs"]
+        branches = set(branch_epochs(max_epochs))
+        start = time.perf_counter()
+        progress = tqdm(total=max_epochs, initial=self.epoch, desc=self.arm.name, leave=False, mininterval=5)
+        while self.epoch < max_epochs and not (self.points and self._stop_early()):
+            for batch in self._batches(self.epoch, "stable"):
+                self._train_step(batch, self._stable_lr(), hash_seed(self.arm.seed, "stable", self.step))
+                self.step += 1
+                self.blocks_seen += len(batch)
+            self.epoch += 1
+            progress.update(1)
+            if self.epoch in branches:
+                self.points.append(self._branch())
+                progress.set_postfix(best=f"{min(p['eval_loss'] for p in self.points):.3f}",
+                                     last=f"{self.points[-1]['eval_loss']:.3f}")
+                self._save()
+        progress.close()
+        self.train_seconds = time.perf_counter() - start
+
+    def finish(self) -> dict:
+        """Score the best branch on the report blocks; save it as a model folder; the arm's result."""
+        self.model.load_state_dict(self.best["state"])
+        report_blocks, _ = self.data.report
+        start = time.perf_counter()
+        losses, variance = block_losses(self.model, report_blocks, self.context_id, self.settings["report_samples"],
+                                        self.settings["eval_seed"] + 1)
+        self.model.save_pretrained(self.folder / "best")
+        return {**asdict(self.arm), "name": self.arm.name, "num_parameters": self.model.num_parameters(),
+                "unique_tokens": int(self.blocks.numel()), "points": self.points, "best": self.best["point"],
+                "stopped_at_epoch": self.epoch, "report_loss": float(losses.mean()),
+                "report_standard_error_mc": float(math.sqrt(variance.sum()) / len(losses)),
+                "report_losses": [round(float(v), 6) for v in losses],
+                "report_variance": [float(v) for v in variance],
+                "seconds": {"train": round(getattr(self, "train_seconds", 0.0), 1),
+                            "report": round(time.perf_counter() - start, 1)}}
 
 
-def train_arm(config: dict, tokenizer, train_blocks, eval_blocks, eval_every: int, num_samples: int,
-              output_dir: Path) -> dict:
-    """Train one (arm, budget) on `train_blocks` (a ShardedBlocks prefix); return its curve. The best checkpoint
-    is saved to output_dir/best for the sample-quality stage."""
-    set_seed(config["training"]["seed"])
-    model = build_model(config, tokenizer)
-    context_id = prefix_token_id(tokenizer)
-    dataset = train_blocks if model.config.is_diffusion else WithContextToken(train_blocks, context_id)
-    experiment = Experiment(output_dir)  # its folders appear as they are written: none is left empty
-    experiment.write_config(config)
-    # the Trainer's progress bar (with ETA) and its logging to the configured trackers, one run per arm; the
-    # Trainer's own checkpointing is off, so its output folder is the run folder (no empty checkpoints/)
-    args = training_arguments(config, experiment, output_dir=str(experiment.root))
-    trainer = DiffusionTrainer(model=model, args=args, train_dataset=dataset,
-                               data_collator=DataCollatorForTDLM(tokenizer.pad_token_id),
-                               callbacks=[MetricsJsonlCallback(experiment)])
-    t = config["training"]
-    positions = t["batch_size"] * t["gradient_accumulation_steps"] * len(dataset[0]["input_ids"])
-    callback = HeldOutLikelihood(eval_blocks, context_id, eval_every, num_samples, t["seed"],
-                                 t["eval_batch_size"] or t["batch_size"], 6 * model.num_parameters() * positions,
-                                 trainer.log)
-    trainer.add_callback(callback)
-    start = time.perf_counter()
+def hash_seed(seed: int, stream: str, *numbers: int) -> int:
+    """A 63-bit seed from (seed, stream name, numbers): independent streams that survive a resume."""
+    key = f"{seed}|{stream}|" + "|".join(map(str, numbers))
+    value = 0
+    for char in key.encode():
+        value = (value * 1_000_003 + char) % (2 ** 63 - 1)
+    return value
+
+
+def run_arm(arm: Arm, config: dict, tokenizer, data: StudyData, settings: dict, output_dir: Path) -> dict:
+    """Train (or resume) one arm and return its result; a finished arm's result.json is read, not recomputed."""
+    folder = output_dir / "runs" / arm.name
+    done = folder / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    blocks = data.budget_blocks(arm.budget, settings["data_seed"] + arm.seed)
+    trainer = ArmTrainer(arm, arm_config(config, arm, data.block_size), tokenizer, blocks, data, settings, folder)
     trainer.train()
-    runtime = time.perf_counter() - start
-    model.load_state_dict(callback.best_state)
-    model.save_pretrained(output_dir / "best")
-    steps = trainer.state.global_step
-    return {"points": callback.points, "train_runtime_s": runtime, "global_step": steps,
-            "num_parameters": model.num_parameters(), "tokens_per_second": steps * positions / runtime}
+    result = trainer.finish()
+    staging = folder / "result.json.tmp"
+    staging.write_text(json.dumps(result))
+    os.replace(staging, done)
+    (folder / "state.pt").unlink()  # the best model folder and result.json are what a finished arm keeps
+    return result
 
 
-def run_study(config: dict, epochs: int, budgets: str, eval_every: int, arms: list[str], output_dir: str | Path,
-              num_samples: int = 8, max_eval_blocks: int | None = None, dropout: float = 0.1,
-              gen: dict | None = None) -> dict:
-    """Run every (budget, arm); write study.json, study.md and the figures to `output_dir` after each arm.
+def finished_arms(output_dir: Path) -> list[dict]:
+    """Every finished arm under output_dir/runs, whichever process ran it (arms may run in parallel processes)."""
+    return [json.loads(path.read_text()) for path in sorted(Path(output_dir).glob("runs/*/result.json"))]
 
-    `gen` = {"num_samples", "length", "steps"} turns on the sample-quality stage (None or num_samples 0: off)."""
-    if eval_every < 1 or epochs < 1:
-        raise ValueError(f"--epochs ({epochs}) and --eval-every ({eval_every}) must be >= 1")
+
+# ---- sample quality ------------------------------------------------------------------------------
+def used_documents(data: StudyData, arms: list[dict], data_seed: int) -> set[int]:
+    """Every training document some arm saw."""
+    used = set()
+    offsets = data.train.document_offsets()
     for arm in arms:
-        arm_config(config, arm, epochs, dropout)  # validates the arm names before any training
+        order = data.document_order(data_seed + arm["seed"])
+        lengths = offsets[order + 1] - offsets[order]
+        used.update(order[:int(np.searchsorted(np.cumsum(lengths), arm["unique_tokens"])) + 1].tolist())
+    return used
+
+
+def sample_quality_stage(config: dict, tokenizer, data: StudyData, settings: dict, arms: list[dict],
+                         output_dir: Path, num_samples: int, scorer_tokens: int, scorer_size: str, steps: int) -> dict:
+    """Gen-PPL and unigram entropy of each objective's best size per budget (seed 0), scored by an AR model trained
+    on documents no arm saw, beside the same scorer on the report blocks (real text: its gen-PPL and entropy)."""
+    from .sample_quality import score_texts, unigram_entropy
+
+    used = used_documents(data, arms, settings["data_seed"])
+    order = [d for d in data.document_order(settings["data_seed"])[::-1] if d not in used]
+    blocks = document_blocks(data.train, order, data.block_size, scorer_tokens // data.block_size)[0]
+    scorer_arm = Arm("ar", scorer_size, scorer_tokens, seed=0)
+    folder = output_dir / "scorer"
+    if not (folder / "result.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        trainer = ArmTrainer(scorer_arm, arm_config(config, scorer_arm, data.block_size), tokenizer, blocks, data,
+                             {**settings, "max_epochs": settings["scorer_epochs"]}, folder)
+        trainer.train()
+        result = trainer.finish()
+        (folder / "result.json").write_text(json.dumps({k: v for k, v in result.items()
+                                                        if k not in ("report_losses", "report_variance")}))
+    from ..runs import load_model
+
+    scorer = load_model(folder / "best").eval()
+    reference = data.report[0][:num_samples]
+    texts = tokenizer.batch_decode(reference, skip_special_tokens=True)
+    rows = [{"name": "held-out text (report blocks)", **score_texts(scorer, tokenizer, texts)}]
+    rows[0]["unigram_entropy_of_blocks"] = float(np.mean([unigram_entropy(b.tolist()) for b in reference]))
+    from ..text_generation import generate_text
+
+    for budget in sorted({a["budget"] for a in arms}):
+        for objective in OBJECTIVES:
+            best = best_arm(arms, objective, budget)
+            if best is None:
+                continue
+            model = load_model(output_dir / "runs" / best["name"] / "best").eval()
+            options = {"num_steps": steps, "remasking": "random"} if model.config.is_diffusion else {}
+            texts = generate_text(model, tokenizer, [""], max_new_tokens=data.block_size, num_samples=num_samples,
+                                  seed=0, temperature=1.0, **options)
+            rows.append({"name": best["name"], "unique_tokens": best["unique_tokens"],
+                         "sampler": f"{steps} steps, random order, T=1" if options else "ancestral, T=1",
+                         **score_texts(scorer, tokenizer, texts)})
+    return {"scorer": f"AR {scorer_size} on {blocks.numel():,} tokens of documents no arm saw, "
+                      f"{settings['scorer_epochs']} epochs", "rows": rows}
+
+
+# ---- the study -----------------------------------------------------------------------------------
+def best_arm(results: list[dict], objective: str, budget: int, seed: int = 0) -> dict | None:
+    """The size with the lowest selection loss (the report blocks play no part in the choice)."""
+    rows = [r for r in results if r["objective"] == objective and r["budget"] == budget and r["seed"] == seed
+            and not r["dropout"]]
+    return min(rows, key=lambda r: r["best"]["eval_loss"], default=None)
+
+
+def environment(argv: list[str] | None) -> dict:
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    import transformers
+
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "tdlm")),
+            "command": " ".join(argv if argv is not None else sys.argv), "machine": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJECTIVES, max_epochs: int = 300,
+              cooldown: float = 0.15, patience: int = 2, selection_samples: int = 4, report_samples: int = 8,
+              extra_seeds: int = 1, dropout: float = 0.1, data_seed: int = 0, extra_at: str | None = None,
+              gen_samples: int = 0, gen_steps: int = 128, scorer_tokens: int = 500_000, scorer_size: str = "64x3",
+              argv: list[str] | None = None) -> dict:
+    """Every (budget, size, objective) arm, then `extra_seeds` more seeds of each objective's best size at budget
+    `extra_at` (default: the first), then a dropout arm of each objective's best size there; study.json after every
+    arm. `gen_samples` > 0 adds the sample-quality stage (`sample_quality_stage`)."""
+    from .study_report import write_report
+
+    if max_epochs < 2 or not 0 < cooldown <= 1 or patience < 1:
+        raise ValueError(f"--max-epochs ({max_epochs}) must be >= 2, --cooldown ({cooldown}) in (0, 1] and "
+                         f"--patience ({patience}) >= 1")
+    for objective in objectives:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"--objectives: unknown objective {objective!r}; expected some of {OBJECTIVES}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(config)
-    vocab = build_model(arm_config(config, arms[0], epochs, dropout), tokenizer).config.vocab_size
-    train, evaluation = build_datasets(config["data"], tokenizer, vocab, max_eval_blocks)
-    if evaluation is None:
-        raise ValueError("the study needs held-out data: an eval split in data.prepared, data.eval_files, "
-                         "data.eval_split or data.eval_fraction")
-    token_budgets = parse_budgets(budgets, train.num_tokens)
-    eval_blocks = evaluation.tensor()  # scored every few epochs: read once
+    block_size = config["data"]["block_size"]
+    data = StudyData(prepared_folder(config["data"], tokenizer), block_size)
+    token_budgets, size_list = parse_budgets(budgets, data.train.num_tokens), parse_sizes(sizes)
     t = config["training"]
-    settings = {"epochs": epochs, "eval_every": eval_every, "nelbo_samples": num_samples,
-                "eval_tokens": evaluation.num_tokens, "block_size": train.block_size, "batch_size": t["batch_size"],
+    settings = {"max_epochs": max_epochs, "cooldown": cooldown, "patience": patience,
+                "selection_samples": selection_samples, "report_samples": report_samples, "eval_seed": 1234,
+                "data_seed": data_seed, "block_size": block_size, "batch_size": t["batch_size"],
                 "learning_rate": t["learning_rate"], "weight_decay": t["weight_decay"],
-                "regularized": f"dropout {dropout}",
-                "ar_context": "BOS/EOS token before each block: all L tokens scored",
-                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-    results, quality = [], []
-    for tokens in token_budgets:
-        blocks = train.prefix(max(1, tokens // train.block_size))  # a budget is a prefix of the corpus
-        for arm in arms:
-            run = f"{arm}_{tokens_label(blocks.num_tokens)}"
-            print(f"[study] {arm} on {blocks.num_tokens:,} unique tokens for {epochs} epochs", flush=True)
-            curve = train_arm(arm_config(config, arm, epochs, dropout), tokenizer, blocks, eval_blocks, eval_every,
-                              num_samples, output_dir / "runs" / run)
-            results.append({"arm": arm, "run": run, "unique_tokens": blocks.num_tokens, **curve})
-            result = write_results(output_dir, settings, results, quality)
-    largest = max(a["unique_tokens"] for a in results)
-    ar_arms = [a for a in results if a["arm"] in AR_ARMS and a["unique_tokens"] == largest]
-    if gen and gen["num_samples"] and ar_arms:
-        best = min(ar_arms, key=lambda a: min(p["eval_loss"] for p in a["points"]))
-        scorer = load_model(str(output_dir / "runs" / best["run"] / "best"))
-        settings["sampling"] = f"{gen['num_samples']} samples x {gen['length']} tokens, temperature 1"
-        for arm in results:  # every arm's best checkpoint, scored by the best AR model of the largest budget
-            model = load_model(str(output_dir / "runs" / arm["run"] / "best"))
-            rows = sample_quality(model, scorer, tokenizer, gen["num_samples"], gen["length"], gen["steps"], t["seed"])
-            quality += [{"unique_tokens": arm["unique_tokens"], "arm": arm["arm"], **row} for row in rows]
-            result = write_results(output_dir, settings, results, quality, scorer=best["run"])
-    return result
+                "warmup_steps": t["warmup_steps"], "vocab_size": len(tokenizer),
+                "selection_blocks": len(data.selection[0]), "report_blocks": len(data.report[0]),
+                "report_documents": int(torch.unique(data.report[1]).numel()),
+                "noise_schedule": config["diffusion"]["noise_schedule"], "prepared": str(data.folder),
+                "report_block_documents": data.report[1].tolist(), "scorer_epochs": 4}
+    results = []
+
+    def run(arm: Arm) -> None:
+        if any(r["name"] == arm.name for r in results):
+            return
+        print(f"[study] {arm.name}", flush=True)
+        results.append(run_arm(arm, config, tokenizer, data, settings, output_dir))
+        write_report(output_dir, {"settings": settings, "environment": environment(argv),
+                                  "arms": finished_arms(output_dir)})
+
+    for budget in token_budgets:
+        for size in size_list:
+            for objective in objectives:
+                run(Arm(objective, size, budget))
+    extra = parse_budgets(extra_at, data.train.num_tokens)[0] if extra_at else token_budgets[0]
+    if extra not in token_budgets:
+        raise ValueError(f"--extra-at {extra_at} is not one of --unique-tokens {budgets}")
+    for objective in objectives:
+        best = best_arm(results, objective, extra)
+        for seed in range(1, extra_seeds + 1):
+            run(Arm(objective, best["size"], extra, seed=seed))
+        if dropout:
+            run(Arm(objective, best["size"], extra, dropout=dropout))
+    study = {"settings": settings, "environment": environment(argv), "arms": finished_arms(output_dir)}
+    if gen_samples:
+        print("[study] sample quality", flush=True)
+        study["sample_quality"] = sample_quality_stage(config, tokenizer, data, settings, study["arms"], output_dir,
+                                                       gen_samples, scorer_tokens, scorer_size, gen_steps)
+    return write_report(output_dir, study)

@@ -1,144 +1,182 @@
-"""What the data-constrained study reports: per-arm summaries, the AR-vs-diffusion verdict per budget (beyond two
-standard errors only), the data-reuse fits, the markdown table and the figures. Pure functions of the arms' curves,
-so a partial run reports what finished."""
+"""What the data-constrained study reports, as pure functions of study.json (so a cut study reports what finished, and
+`data_constrained_study.py --report DIR` regenerates every table and figure from the committed file).
+
+- Per arm: parameters (and per unique token), the best cool-down branch (chosen on the selection blocks) and its
+  loss on the report blocks.
+- Verdicts: per budget and seed, each objective's best size against the other's, and each size against itself, by
+  the paired per-block difference on the report blocks with a standard error clustered by document plus the
+  NELBO's Monte-Carlo error. "Better" needs more than 2 SE; an overall claim needs it in every seed run.
+- Crossover: per budget, each objective's lower envelope over sizes and branches of selection loss against training
+  FLOPs; the measured crossover is the first compute where diffusion's envelope is below AR's by more than 2 of its
+  Monte-Carlo SE, set beside Prabhudesai et al.'s C_crit(U) = 2.12e15 * U^2.174 FLOPs (U in millions of unique
+  tokens; the constants as the study issue gives them, not checked against the paper offline).
+- Data reuse: R* from the reuse fit of each objective's best-size envelopes, only where every curve has flattened
+  (the arm stopped on its patience rule); otherwise "not identified".
+"""
 
 import json
 import math
+import os
 from pathlib import Path
 
-from .reuse import TOKENS_UNIT, best_so_far, fit_reuse, reuse_loss
+from .reuse import fit_reuse
+from .statistics import paired_difference
 
-Z = 2.0  # "better" means better by more than Z standard errors of the difference
-AR_ARMS, DIFFUSION_ARMS = ("ar", "ar_regularized"), ("diffusion", "diffusion_regularized")
-
-
-def compare(loss_a: float, se_a: float, loss_b: float, se_b: float) -> dict:
-    """a - b with the standard error of the difference; verdict "a", "b" (lower beyond Z SE) or "tie"."""
-    difference, se = loss_a - loss_b, math.hypot(se_a, se_b)
-    verdict = "a" if difference < -Z * se else "b" if difference > Z * se else "tie"
-    return {"difference": difference, "standard_error": se, "verdict": verdict}
+Z = 2.0
+C_CRIT_SCALE, C_CRIT_EXPONENT = 2.12e15, 2.174
 
 
-def best_point(points: list[dict]) -> dict:
-    return min(points, key=lambda p: p["eval_loss"])
-
-
-def crossover_epoch(points: list[dict], reference: list[dict]) -> int | None:
-    """First evaluated epoch from which `points` stay below `reference` beyond Z SE at every later common epoch."""
-    ref = {p["epoch"]: p for p in reference}
-    common = [p for p in points if p["epoch"] in ref]
-    below = [compare(p["eval_loss"], p["standard_error"], ref[p["epoch"]]["eval_loss"],
-                     ref[p["epoch"]]["standard_error"])["verdict"] == "a" for p in common]
-    for i, point in enumerate(common):
-        if all(below[i:]):
-            return point["epoch"]
-    return None
-
-
-def summarize(arms: list[dict]) -> list[dict]:
-    """Per (budget, arm): best loss (its SE and epoch), final loss, crossover epoch vs plain AR, reuse fit."""
-    by_key = {(a["unique_tokens"], a["arm"]): a for a in arms}
-    rows = []
-    for arm in arms:
-        points, best = arm["points"], best_point(arm["points"])
-        ar = by_key.get((arm["unique_tokens"], "ar"))
-        rows.append({"unique_tokens": arm["unique_tokens"], "arm": arm["arm"], "best_eval_loss": best["eval_loss"],
-                     "best_standard_error": best["standard_error"], "best_epoch": best["epoch"],
-                     "best_train_flops": best["train_flops"], "final_eval_loss": points[-1]["eval_loss"],
-                     "final_epoch": points[-1]["epoch"],
-                     "crossover_epoch": crossover_epoch(points, ar["points"]) if ar and arm is not ar else None,
-                     "reuse_fit": fit_reuse([(arm["unique_tokens"], points)])})
-    return rows
-
-
-def verdicts(summary: list[dict]) -> list[dict]:
-    """Per budget: the best AR arm vs the best diffusion arm (and plain vs plain), beyond Z SE."""
-    rows = []
-    for tokens in sorted({r["unique_tokens"] for r in summary}):
-        at = {r["arm"]: r for r in summary if r["unique_tokens"] == tokens}
-        pairs = [("best", min((at[a] for a in AR_ARMS if a in at), key=lambda r: r["best_eval_loss"], default=None),
-                  min((at[a] for a in DIFFUSION_ARMS if a in at), key=lambda r: r["best_eval_loss"], default=None)),
-                 ("plain", at.get("ar"), at.get("diffusion"))]
-        for kind, ar, diffusion in pairs:
-            if ar is None or diffusion is None:
-                continue
-            result = compare(diffusion["best_eval_loss"], diffusion["best_standard_error"], ar["best_eval_loss"],
-                             ar["best_standard_error"])
-            winner = {"a": "diffusion", "b": "AR", "tie": "tie (within 2 SE)"}[result["verdict"]]
-            rows.append({"unique_tokens": tokens, "comparison": kind, "ar_arm": ar["arm"],
-                         "diffusion_arm": diffusion["arm"], **result, "winner": winner})
-    return rows
-
-
-def reuse_fits(arms: list[dict]) -> dict:
-    """One reuse fit per arm over all its budgets (E, B, beta shared): each objective's R*."""
-    names = dict.fromkeys(a["arm"] for a in arms)
-    return {name: fit_reuse([(a["unique_tokens"], a["points"]) for a in arms if a["arm"] == name]) for name in names}
+def critical_compute(unique_tokens: int) -> float:
+    """Prabhudesai et al.'s predicted compute (FLOPs) beyond which diffusion's loss is below AR's."""
+    return C_CRIT_SCALE * (unique_tokens / 1e6) ** C_CRIT_EXPONENT
 
 
 def tokens_label(tokens: int) -> str:
-    """249,984 -> "250k" (a budget rounded to whole blocks keeps its round name)."""
     return f"{tokens / 1e6:.3g}M" if tokens >= 1e6 else f"{tokens / 1e3:.3g}k"
 
 
-def _fmt(value, digits=3):
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.{digits}f}"
-    return str(value)
+def _plain(arms, budget, seed=0):
+    return [a for a in arms if a["budget"] == budget and a["seed"] == seed and not a["dropout"]]
 
 
-def _fmt_r_star(fit) -> str:
-    return "-" if fit is None else f"{fit['r_star']:.3g} [{fit['r_star_low']:.3g}, {fit['r_star_high']:.3g}]"
+def best_of(arms: list[dict], objective: str) -> dict | None:
+    """The arm of `objective` with the lowest selection loss."""
+    return min((a for a in arms if a["objective"] == objective), key=lambda a: a["best"]["eval_loss"], default=None)
 
 
-def format_markdown(result: dict) -> str:
-    settings, summary = result["settings"], result["summary"]
-    lines = ["# Data-constrained study", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
-             "## Per budget and arm", "",
-             "| unique tokens | arm | best eval loss ± SE | best epoch | FLOPs at best | final loss (epoch) "
-             "| crossover vs ar | R* [95% CI] |", "|---|---|---|---|---|---|---|---|"]
-    for r in summary:
-        lines.append(f"| {tokens_label(r['unique_tokens'])} | {r['arm']} | {_fmt(r['best_eval_loss'])} ± "
-                     f"{_fmt(r['best_standard_error'])} | {r['best_epoch']} | {r['best_train_flops']:.2e} | "
-                     f"{_fmt(r['final_eval_loss'])} ({r['final_epoch']}) | {_fmt(r['crossover_epoch'])} | "
-                     f"{_fmt_r_star(r['reuse_fit'])} |")
-    lines += ["", "## Diffusion's best vs AR's best (beyond 2 SE)", "",
-              "| unique tokens | comparison | AR arm | diffusion arm | diffusion - AR ± SE | winner |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {tokens_label(v['unique_tokens'])} | {v['comparison']} | {v['ar_arm']} | {v['diffusion_arm']} | "
-              f"{v['difference']:+.3f} ± {v['standard_error']:.3f} | {v['winner']} |" for v in result["verdicts"]]
-    lines += ["", "## Data-reuse half-life R* per arm (all budgets, shared E, B, beta)", "",
-              "| arm | R* [95% CI] | E | B | beta | RMSE | points |", "|---|---|---|---|---|---|---|"]
-    for name, fit in result["reuse_fits"].items():
-        lines.append(f"| {name} | - | | | | | |" if fit is None else
-                     f"| {name} | {_fmt_r_star(fit)} | {fit['e']:.3f} | {fit['b']:.3f} | {fit['beta']:.3f} | "
-                     f"{fit['rmse']:.3f} | {fit['num_points']} |")
-    if result["sample_quality"]:
-        lines += ["", f"## Sample quality (scored by {result['scorer']})", "",
-                  "| unique tokens | arm | steps | gen-PPL | unigram entropy (nats) | samples | tokens |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {tokens_label(q['unique_tokens'])} | {q['arm']} | {_fmt(q['steps'])} | {q['gen_ppl']:.2f} | "
-                  f"{q['unigram_entropy']:.3f} | {q['num_samples']} | {q['num_tokens']} |"
-                  for q in result["sample_quality"]]
+def compare_arms(a: dict, b: dict, documents) -> dict:
+    """a - b on the report blocks: paired, clustered by document, plus Monte-Carlo variance."""
+    result = paired_difference(a["report_losses"], b["report_losses"], documents, a["report_variance"],
+                               b["report_variance"])
+    verdict = a["objective"] if result["difference"] < -Z * result["standard_error"] else \
+        b["objective"] if result["difference"] > Z * result["standard_error"] else "tie (within 2 SE)"
+    return {**result, "winner": verdict}
+
+
+def verdicts(arms: list[dict], documents) -> list[dict]:
+    """Per (budget, seed): diffusion's best size vs AR's best size, then size by size."""
+    rows = []
+    for budget in sorted({a["budget"] for a in arms}):
+        for seed in sorted({a["seed"] for a in arms if a["budget"] == budget}):
+            plain = _plain(arms, budget, seed)
+            ar, diffusion = best_of(plain, "ar"), best_of(plain, "diffusion")
+            if ar and diffusion:
+                rows.append({"budget": budget, "seed": seed, "comparison": "best size vs best size",
+                             "diffusion": diffusion["name"], "ar": ar["name"], **compare_arms(diffusion, ar, documents)})
+            for size in sorted({a["size"] for a in plain}, key=_size_key):
+                pair = {a["objective"]: a for a in plain if a["size"] == size}
+                if {"ar", "diffusion"} <= set(pair) and seed == 0:
+                    rows.append({"budget": budget, "seed": seed, "comparison": f"same size {size}",
+                                 "diffusion": pair["diffusion"]["name"], "ar": pair["ar"]["name"],
+                                 **compare_arms(pair["diffusion"], pair["ar"], documents)})
+    return rows
+
+
+def _size_key(size: str):
+    hidden, layers = size.split("x")
+    return int(hidden), int(layers)
+
+
+def envelope(arms: list[dict]) -> list[tuple[float, float, float]]:
+    """(FLOPs, best selection loss so far over all the arms' branches, its SE), by compute."""
+    points = sorted((p["train_flops"], p["eval_loss"], p["standard_error"]) for a in arms for p in a["points"])
+    out, best = [], (math.inf, 0.0)
+    for flops, loss, se in points:
+        if loss < best[0]:
+            best = (loss, se)
+        out.append((flops, *best))
+    return out
+
+
+def crossover(arms: list[dict], budget: int) -> dict:
+    """Measured (first FLOPs where diffusion's envelope is below AR's by > 2 SE) and predicted crossover."""
+    plain = _plain(arms, budget)
+    ar, diffusion = envelope([a for a in plain if a["objective"] == "ar"]), \
+        envelope([a for a in plain if a["objective"] == "diffusion"])
+    measured = None
+    for flops, loss, se in diffusion:
+        reference = [loss_ar for f, loss_ar, _ in ar if f <= flops]
+        if reference and loss < reference[-1] - Z * se:
+            measured = flops
+            break
+    largest = max([f for f, _, _ in ar + diffusion], default=None)
+    return {"budget": budget, "predicted_flops": critical_compute(budget), "measured_flops": measured,
+            "largest_flops_trained": largest}
+
+
+def reuse(arms: list[dict]) -> dict:
+    """Per objective: R* over its best-size arms, or None when a curve has not flattened."""
+    out = {}
+    for objective in sorted({a["objective"] for a in arms}):
+        chosen = [best_of(_plain(arms, b), objective) for b in sorted({a["budget"] for a in arms})]
+        chosen = [a for a in chosen if a]
+        flattened = all(a["points"][-1].get("worse_than_best") for a in chosen)
+        fit = fit_reuse([(a["unique_tokens"], a["points"]) for a in chosen]) if chosen and flattened else None
+        out[objective] = {"arms": [a["name"] for a in chosen], "flattened": flattened, "fit": fit}
+    return out
+
+
+def summarize(study: dict) -> dict:
+    arms = study["arms"]
+    documents = study["settings"].get("report_block_documents")
+    return {"verdicts": verdicts(arms, documents) if documents else [],
+            "crossovers": [crossover(arms, b) for b in sorted({a["budget"] for a in arms})],
+            "reuse": reuse(arms)}
+
+
+# ---- markdown --------------------------------------------------------------------------------------
+def _f(value, digits=3):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_markdown(study: dict) -> str:
+    settings, arms = study["settings"], study["arms"]
+    summary = study.get("summary") or summarize(study)
+    env = study.get("environment", {})
+    lines = ["# Data-constrained study", "",
+             f"Command: `{env.get('command', '?')}`; commit {env.get('git_commit', '?')}"
+             f"{' (dirty)' if env.get('git_dirty') else ''}; {env.get('processor', '?')}, {env.get('cpu_count', '?')} "
+             f"CPUs, torch {env.get('torch', '?')} ({env.get('torch_threads', '?')} threads), transformers "
+             f"{env.get('transformers', '?')}.", "",
+             "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "report_block_documents"), "",
+             "## Arms", "",
+             "| budget | objective | size | seed | dropout | params | params / token | best epoch (selection loss) "
+             "| report loss ± MC SE | stopped at | FLOPs at best |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in sorted(arms, key=lambda a: (a["budget"], a["seed"], a["dropout"], _size_key(a["size"]), a["objective"])):
+        lines.append(f"| {tokens_label(a['budget'])} | {a['objective']} | {a['size']} | {a['seed']} | "
+                     f"{a['dropout']:g} | {a['num_parameters']:,} | {a['num_parameters'] / a['unique_tokens']:.1f} | "
+                     f"{a['best']['epoch']} ({a['best']['eval_loss']:.3f}) | {a['report_loss']:.3f} ± "
+                     f"{a['report_standard_error_mc']:.3f} | {a['stopped_at_epoch']} | {a['best']['train_flops']:.2e} |")
+    lines += ["", "## Diffusion vs AR on the report blocks (paired; SE clustered by document + Monte-Carlo)", "",
+              "| budget | seed | comparison | diffusion | AR | diffusion - AR | SE (cluster, MC) | winner |",
+              "|---|---|---|---|---|---|---|---|"]
+    for v in summary["verdicts"]:
+        lines.append(f"| {tokens_label(v['budget'])} | {v['seed']} | {v['comparison']} | {v['diffusion']} | {v['ar']} | "
+                     f"{v['difference']:+.3f} | {v['standard_error']:.3f} ({v['cluster_standard_error']:.3f}, "
+                     f"{v['monte_carlo_standard_error']:.3f}) | {v['winner']} |")
+    lines += ["", "## Crossover: measured vs predicted", "",
+              "| budget | predicted C_crit (FLOPs) | measured crossover (FLOPs) | largest compute trained |",
+              "|---|---|---|---|"]
+    for c in summary["crossovers"]:
+        measured = f"{c['measured_flops']:.2e}" if c["measured_flops"] else "none"
+        lines.append(f"| {tokens_label(c['budget'])} | {c['predicted_flops']:.2e} | {measured} | "
+                     f"{c['largest_flops_trained']:.2e} |")
+    lines += ["", "## Data-reuse half-life R*", "", "| objective | arms | R* [95% CI] |", "|---|---|---|"]
+    for objective, r in summary["reuse"].items():
+        fit = r["fit"]
+        value = "not identified (a curve has not flattened)" if not r["flattened"] else \
+            "fit failed" if fit is None else f"{fit['r_star']:.3g} [{fit['r_star_low']:.3g}, {fit['r_star_high']:.3g}]"
+        lines.append(f"| {objective} | {', '.join(r['arms'])} | {value} |")
+    quality = study.get("sample_quality")
+    if quality:
+        lines += ["", f"## Sample quality (scorer: {quality['scorer']})", "",
+                  "| sampled | sampler | gen-PPL | unigram entropy (nats) | samples x tokens |", "|---|---|---|---|---|"]
+        lines += [f"| {q['name']} | {q.get('sampler', '-')} | {q['gen_ppl']:.2f} | {q['unigram_entropy']:.3f} | "
+                  f"{q['num_samples']} x {q['num_tokens'] // max(q['num_samples'], 1)} |" for q in quality["rows"]]
     return "\n".join(lines) + "\n"
 
 
-def write_results(output_dir: Path, settings: dict, arms: list[dict], sample_rows: list[dict],
-                  scorer: str | None = None) -> dict:
-    """study.json, study.md and the figures from what has finished so far."""
-    summary = summarize(arms)
-    result = {"settings": settings, "arms": arms, "summary": summary, "verdicts": verdicts(summary),
-              "reuse_fits": reuse_fits(arms), "scorer": scorer, "sample_quality": sample_rows}
-    (output_dir / "study.json").write_text(json.dumps(result, indent=2))
-    (output_dir / "study.md").write_text(format_markdown(result))
-    plot_curves(arms, output_dir / "study.png")
-    plot_best_vs_budget(summary, output_dir / "best_vs_budget.png")
-    plot_reuse(arms, result["reuse_fits"], output_dir / "reuse_fits.png")
-    return result
-
-
+# ---- figures -----------------------------------------------------------------------------------------
 def _pyplot():
     import matplotlib  # an optional extra (tdlm[eval])
 
@@ -148,64 +186,66 @@ def _pyplot():
     return plt
 
 
-def plot_curves(arms: list[dict], path: Path) -> None:
-    """Held-out loss vs epochs (top row) and vs training FLOPs (bottom row), one column per budget."""
+def plot_study(study: dict, path: Path) -> None:
+    """Per budget: selection loss of every branch vs training FLOPs (one line per arm, C_crit dashed), and the
+    best report loss vs parameters for each objective (error bars: 2 MC SE)."""
     plt = _pyplot()
-    budgets = sorted({a["unique_tokens"] for a in arms})
-    figure, axes = plt.subplots(2, len(budgets), figsize=(5 * len(budgets), 8), squeeze=False)
-    for column, tokens in enumerate(budgets):
-        for arm in (a for a in arms if a["unique_tokens"] == tokens):
-            losses = [p["eval_loss"] for p in arm["points"]]
-            errors = [p["standard_error"] for p in arm["points"]]
-            for row, key in enumerate(("epoch", "train_flops")):
-                axes[row][column].errorbar([p[key] for p in arm["points"]], losses, yerr=errors, label=arm["arm"],
-                                           marker="o", markersize=2, capsize=2)
-        axes[0][column].set_title(f"{tokens_label(tokens)} unique tokens")
-        axes[0][column].set_xlabel("epoch")
-        axes[1][column].set_xlabel("training FLOPs (6 N D)")
-        axes[1][column].set_xscale("log")
-        for row in (0, 1):
-            axes[row][column].set_ylabel("held-out loss (nats/token; diffusion: NELBO)")
-            axes[row][column].legend(fontsize=8)
+    arms = study["arms"]
+    budgets = sorted({a["budget"] for a in arms})
+    figure, axes = plt.subplots(2, len(budgets), figsize=(5.5 * len(budgets), 8), squeeze=False)
+    colours = {"ar": "tab:blue", "diffusion": "tab:orange"}
+    for column, budget in enumerate(budgets):
+        top, bottom = axes[0][column], axes[1][column]
+        plain = sorted(_plain(arms, budget), key=lambda a: _size_key(a["size"]))
+        for index, arm in enumerate(plain):
+            style = ("-", "--", ":", "-.")[index // 2 % 4]
+            top.plot([p["train_flops"] for p in arm["points"]], [p["eval_loss"] for p in arm["points"]], style,
+                     marker="o", markersize=2, color=colours.get(arm["objective"]),
+                     label=f"{arm['objective']} {arm['size']}")
+        top.axvline(critical_compute(budget), color="grey", linestyle="--", linewidth=1, label="predicted C_crit")
+        top.set_xscale("log")
+        top.set_title(f"{tokens_label(budget)} unique tokens")
+        top.set_xlabel("training FLOPs (6 N D)")
+        top.set_ylabel("selection loss after cool-down (nats/token)")
+        top.legend(fontsize=7)
+        for objective, colour in colours.items():
+            rows = [a for a in plain if a["objective"] == objective]
+            bottom.errorbar([a["num_parameters"] for a in rows], [a["report_loss"] for a in rows],
+                            yerr=[Z * a["report_standard_error_mc"] for a in rows], marker="o", capsize=3,
+                            color=colour, label=objective)
+        bottom.set_xscale("log")
+        bottom.set_xlabel("parameters")
+        bottom.set_ylabel("best report loss (nats/token)")
+        bottom.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-def plot_best_vs_budget(summary: list[dict], path: Path) -> None:
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(r["arm"] for r in summary):
-        rows = [r for r in summary if r["arm"] == name]
-        axis.errorbar([r["unique_tokens"] for r in rows], [r["best_eval_loss"] for r in rows],
-                      yerr=[Z * r["best_standard_error"] for r in rows], label=name, marker="o", capsize=3)
-    axis.set_xscale("log")
-    axis.set_xlabel("unique training tokens")
-    axis.set_ylabel("best held-out loss (error bars: 2 SE)")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+def write_report(output_dir: Path, study: dict) -> dict:
+    """study.json (atomically), study.md and study.png from the study so far."""
+    output_dir = Path(output_dir)
+    study = {**study, "summary": summarize(study)}
+    staging = output_dir / "study.json.tmp"
+    staging.write_text(json.dumps(study, indent=1))
+    os.replace(staging, output_dir / "study.json")
+    (output_dir / "study.md").write_text(format_markdown(study))
+    if study["arms"]:
+        plot_study(study, output_dir / "study.png")
+    return study
 
 
-def plot_reuse(arms: list[dict], fits: dict, path: Path) -> None:
-    """Each arm's best-so-far envelopes (points) and its fitted reuse model (lines), one panel per arm."""
-    plt = _pyplot()
-    names = list(fits)
-    figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
-    for axis, name in zip(axes[0], names):
-        fit = fits[name]
-        for arm in (a for a in arms if a["arm"] == name):
-            epochs, envelope = best_so_far(arm["points"])
-            dots = axis.plot(epochs, envelope, "o", markersize=3, label=tokens_label(arm["unique_tokens"]))
-            if fit is not None:
-                params = (fit["e"], math.log(fit["b"]), fit["beta"], math.log(fit["r_star"]))
-                line = reuse_loss(([arm["unique_tokens"] / TOKENS_UNIT] * len(epochs), epochs), *params)
-                axis.plot(epochs, line, "-", color=dots[0].get_color())
-        axis.set_title(f"{name}: R* = {_fmt_r_star(fit)}", fontsize=9)
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("best-so-far held-out loss")
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+def regenerate(output_dir) -> dict:
+    """Every table and figure again from output_dir/study.json."""
+    output_dir = Path(output_dir)
+    path = output_dir / "study.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--report: no study.json in {output_dir}")
+    study = json.loads(path.read_text())
+    study.pop("summary", None)
+    settings = study["settings"]
+    if "report_block_documents" not in settings:  # written by a run that predates the field: recompute it
+        from .study import StudyData
+
+        settings["report_block_documents"] = StudyData(settings["prepared"], settings["block_size"]).report[1].tolist()
+    return write_report(output_dir, study)
