@@ -10,6 +10,11 @@ Defaults are not restated here; they come from the classes that own them:
   (`TRAINING_DEFAULTS`, each with its reason).
 Keys that exist only in this platform (tokenizer, data files, checkpoint cadence, ...) are listed with their
 defaults below. The resolved config is saved in each experiment folder (see runs.py).
+
+A validated config hands out what it describes, built in one place each: `model_config` (TDLMConfig, given the
+tokenizer's ids), `generation_config` (DiffusionGenerationConfig) and `training_arguments` (TrainingArguments).
+Validation runs the owners' own rules (`TDLMConfig.check_values`, `DiffusionGenerationConfig.validate`), whose
+errors carry the offending field; the precision that runs (`running_precision`) is resolved here too.
 """
 
 import contextlib
@@ -18,15 +23,17 @@ import dataclasses
 import inspect
 import io
 import math
+import os
 import re
 import typing
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
-from .configuration_tdlm import TDLMConfig
+from .configuration_tdlm import InvalidConfigValue, TDLMConfig
 from .generation_tdlm import DiffusionGenerationConfig
 
 # transformers prints "[INFO] Running in WANDB offline mode" when this module is first imported with
@@ -44,9 +51,12 @@ def _types_of(default, annotation=None) -> tuple:
     return (type(default),) if default is not None else (None,)
 
 
+_MODEL_ARGUMENTS = inspect.signature(TDLMConfig.__init__).parameters
+
+
 def _from_model_config(keys) -> dict:
-    parameters = inspect.signature(TDLMConfig.__init__).parameters
-    return {k: (parameters[k].default, _types_of(parameters[k].default, parameters[k].annotation)) for k in keys}
+    return {k: (_MODEL_ARGUMENTS[k].default, _types_of(_MODEL_ARGUMENTS[k].default, _MODEL_ARGUMENTS[k].annotation))
+            for k in keys}
 
 
 _GENERATION = DiffusionGenerationConfig()
@@ -251,37 +261,85 @@ def _normalise_type(name: str, value, types) -> object:
     return value
 
 
-def _reraise_for_section(error: ValueError, owner: str, section_of) -> ConfigError:
-    """`<owner>.<field>: message` from the model package's own checks -> `<section>.<field>: message`."""
-    match = re.match(rf"{owner}\.(\w+): (.*)", str(error), re.S)
-    if match is None:
-        return ConfigError(str(error))
-    return ConfigError(f"{section_of(match.group(1))}.{match.group(1)}: {match.group(2)}")
+def _model_values(config: dict) -> dict:
+    """The TDLMConfig arguments the model and diffusion sections set (vocab_size and the special ids come from the
+    tokenizer); max_position_embeddings defaults to data.block_size."""
+    values = {k: v for k, v in config["model"].items() if k in _MODEL_ARGUMENTS and k != "vocab_size"}
+    values["max_position_embeddings"] = values["max_position_embeddings"] or config["data"]["block_size"]
+    return {**values, **config["diffusion"]}
 
 
 def _check_model_and_sampling(config: dict) -> None:
-    """The model, diffusion and sampling sections through TDLMConfig._validate and DiffusionGenerationConfig.validate:
-    one set of rules for YAML and Python."""
-    model_keys = inspect.signature(TDLMConfig.__init__).parameters
-    values = {k: v for k, v in config["model"].items() if k in model_keys and v is not None}
-    values.setdefault("max_position_embeddings", config["data"]["block_size"])
-    # the tokenizer sets the special ids later; 0 is valid for any vocabulary
-    ids = dict(mask_token_id=0, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    """The model, diffusion and sampling sections through TDLMConfig's and DiffusionGenerationConfig's own rules: one
+    set of rules for YAML and Python. Their errors name the field; the section is the one that holds it."""
+    vocab = {"vocab_size": config["model"]["vocab_size"]} if config["model"]["vocab_size"] is not None else {}
     try:
-        TDLMConfig(**values, **config["diffusion"], **ids)
-    except ValueError as error:
-        raise _reraise_for_section(error, "TDLMConfig", lambda field: "diffusion" if field in SCHEMA["diffusion"]
-                                   else "model") from None
-    try:
-        DiffusionGenerationConfig(**{k: v for k, v in config["sampling"].items() if v is not None}).validate()
-    except ValueError as error:
-        raise _reraise_for_section(error, "DiffusionGenerationConfig", lambda field: "sampling") from None
+        TDLMConfig.check_values(**_model_values(config), **vocab)
+        DiffusionGenerationConfig(**_sampling_options(config)).validate()
+    except InvalidConfigValue as error:
+        section = "sampling" if error.owner == "DiffusionGenerationConfig" else (
+            "diffusion" if error.field in SCHEMA["diffusion"] else "model")
+        raise ConfigError(f"{section}.{error.field}: {error.message}") from None
+
+
+def _sampling_options(config: dict) -> dict:
+    return {k: v for k, v in config["sampling"].items() if v is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# What a validated config hands out: the model config, the generation config, the TrainingArguments
+# ---------------------------------------------------------------------------------------------
+def model_config(config: dict, tokenizer_values: dict) -> TDLMConfig:
+    """The TDLMConfig of a new model: the model and diffusion sections, with the tokenizer's vocab_size and special
+    ids (`tokenization.config_kwargs_for_tokenizer`); model.vocab_size, when set, pads the vocabulary."""
+    values = dict(tokenizer_values)
+    chosen = config["model"]["vocab_size"]
+    if chosen is not None:
+        if chosen < values["vocab_size"]:
+            raise ConfigError(f"model.vocab_size {chosen} is smaller than the tokenizer's {values['vocab_size']} "
+                              "tokens")
+        values["vocab_size"] = chosen
+    return TDLMConfig(**_model_values(config), **values)
+
+
+def generation_config(config: dict, model: TDLMConfig) -> DiffusionGenerationConfig:
+    """The sampling section as the generation config of a model with config `model` (its ids and length)."""
+    return DiffusionGenerationConfig.for_model(model, **_sampling_options(config))
+
+
+def training_arguments(config: dict, output_dir: str, run_name: str | None = None, **extra) -> TrainingArguments:
+    """The training section as TrainingArguments (`extra` overrides fields). Trackers are `trackers(config)`;
+    checkpoints and evaluation are left to the platform's callbacks (save and eval strategies "no")."""
+    t = config["training"]
+    kwargs = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=t["batch_size"],
+        per_device_eval_batch_size=t["eval_batch_size"] or t["batch_size"],
+        gradient_accumulation_steps=t["gradient_accumulation_steps"],
+        learning_rate=t["learning_rate"], weight_decay=t["weight_decay"],
+        adam_beta1=t["adam_beta1"], adam_beta2=t["adam_beta2"], max_grad_norm=t["max_grad_norm"],
+        warmup_steps=t["warmup_steps"], lr_scheduler_type=t["lr_scheduler_type"],
+        num_train_epochs=t["epochs"], max_steps=t["max_steps"] if t["max_steps"] is not None else -1,
+        logging_steps=t["logging_steps"], logging_nan_inf_filter=False,
+        eval_strategy="no", save_strategy="no",  # CheckpointScheduleCallback decides
+        seed=t["seed"], data_seed=t["seed"],
+        bf16=t["mixed_precision"] == "bf16", fp16=t["mixed_precision"] == "fp16",
+        dataloader_num_workers=t["dataloader_num_workers"],  # training.torch_compile: see training.build
+        dataloader_drop_last=True, remove_unused_columns=False, prediction_loss_only=True,
+        report_to=trackers(config) or "none", run_name=run_name,
+        ddp_find_unused_parameters=False, save_only_model=False,
+        # without a GPU, multi-process runs (torchrun / accelerate launch) need accelerate's CPU (gloo) mode
+        use_cpu=not torch.cuda.is_available(),
+    )
+    kwargs.update(extra)
+    return TrainingArguments(**kwargs)
 
 
 def validate_config(config: dict) -> dict:
     """Type and range checks for every key; returns the config with numbers normalised. Raises ConfigError."""
     if config["training"]["mixed_precision"] is False:  # YAML 1.1 reads a bare `no` (accelerate's name) as false
         config["training"]["mixed_precision"] = "no"
+    config["training"]["mixed_precision"] = running_precision(config)
     for section, keys in SCHEMA.items():
         for key, (_, types) in keys.items():
             config[section][key] = _check_type(f"{section}.{key}", config[section][key], types)
@@ -343,6 +401,14 @@ def validate_config(config: dict) -> dict:
         if _is_missing_local_path(get(dotted)):
             fail(dotted, f"no such folder: {get(dotted)}")
     return config
+
+
+def running_precision(config: dict) -> str:
+    """The precision a run uses: training.mixed_precision, else accelerate's (`accelerate launch --mixed_precision
+    bf16` or `accelerate config`, passed on as ACCELERATE_MIXED_PRECISION), as TrainingArguments resolves it.
+    Resolved when the config is validated, so the saved config says what ran."""
+    chosen = config["training"]["mixed_precision"]
+    return chosen if chosen != "no" else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
 
 
 def trackers(config: dict) -> list[str]:

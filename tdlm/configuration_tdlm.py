@@ -3,6 +3,8 @@
 Shipped as remote code next to the weights: imports only transformers and relative siblings.
 """
 
+import inspect
+
 from transformers import PretrainedConfig
 
 from .schedules import NOISE_SCHEDULES
@@ -12,6 +14,16 @@ HEAD_IMPLEMENTATIONS = ("chunked", "triton")  # fused_cross_entropy.py
 # the head class of each objective: AutoModel of a saved checkpoint points at it
 HEAD_CLASSES = {"diffusion": "TDLMForMaskedDiffusion", "autoregressive": "TDLMForCausalLM"}
 GPT2_VOCAB_SIZE = 50257  # GPT-2 BPE; TDLM appends <|mask|> as id 50257
+SPECIAL_TOKEN_IDS = ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id")  # the tokenizer's
+
+
+class InvalidConfigValue(ValueError):
+    """A config field holds a value the model cannot use: `owner`.`field`, and `message` saying what is allowed. The
+    field is data, so the YAML schema names its own key (`sampling.top_k`) without parsing the text."""
+
+    def __init__(self, owner: str, field: str, message: str):
+        super().__init__(f"{owner}.{field}: {message}")
+        self.owner, self.field, self.message = owner, field, message
 
 
 class TDLMConfig(PretrainedConfig):
@@ -37,7 +49,7 @@ class TDLMConfig(PretrainedConfig):
         head_implementation: how the LM head and its cross-entropy are fused: "triton" (default; Triton kernels
             that keep logits on chip, on CUDA with hidden_size <= 256; elsewhere, or without Triton, "chunked" runs)
             or "chunked" (torch ops over row chunks, any device). Both give the same loss within bf16 rounding;
-            on an H100 the kernels train the 7M model 2.4x (diffusion) / 3.5x (AR) faster (docs/benchmarks.md).
+            the kernels train faster on a GPU (measured in docs/benchmarks.md).
     """
 
     model_type = "tdlm"
@@ -134,9 +146,18 @@ class TDLMConfig(PretrainedConfig):
     def is_diffusion(self) -> bool:
         return self.training_mode == "diffusion"
 
-    def _validate(self) -> None:
+    @classmethod
+    def check_values(cls, **values) -> None:
+        """The value rules of `__init__` for `values` (its arguments; the others at their defaults) before a tokenizer
+        has given the special token ids, which are checked when the config is built. Raises `InvalidConfigValue`."""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        candidate = cls.__new__(cls)  # the rules read attributes; nothing is built or kept
+        candidate.__dict__.update({p.name: p.default for p in parameters if p.default is not p.empty}, **values)
+        candidate._validate(special_ids=False)
+
+    def _validate(self, special_ids: bool = True) -> None:
         def fail(field, message):
-            raise ValueError(f"TDLMConfig.{field}: {message}")
+            raise InvalidConfigValue("TDLMConfig", field, message)
 
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                       "intermediate_size", "max_position_embeddings"):
@@ -152,11 +173,11 @@ class TDLMConfig(PretrainedConfig):
         if self.noise_schedule not in NOISE_SCHEDULES:
             fail("noise_schedule",
                  f"unknown schedule {self.noise_schedule!r}; expected one of {tuple(NOISE_SCHEDULES)}")
-        for field in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id"):
+        for field in SPECIAL_TOKEN_IDS if special_ids else ():
             value = getattr(self, field, None)
             if value is not None and not 0 <= value < self.vocab_size:
                 fail(field, f"id {value} is outside the vocabulary [0, {self.vocab_size})")
-        if self.is_diffusion and self.mask_token_id is None:
+        if special_ids and self.is_diffusion and self.mask_token_id is None:
             fail("mask_token_id", "a diffusion model needs a mask token")
         if not 0.0 <= self.min_mask_ratio < self.max_mask_ratio <= 1.0:
             fail("min_mask_ratio", f"need 0 <= min_mask_ratio < max_mask_ratio <= 1, got "

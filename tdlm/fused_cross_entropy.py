@@ -209,7 +209,7 @@ def _tile_grid(n_rows, vocab_size):
 
 
 # Tile shapes are tuned once per (vocab, hidden, dtype) and process on the GPU at hand (triton.autotune compiles and
-# times each candidate at the first call: ~25 s for the fused kernels on an H100). Candidates are (BLOCK_M, BLOCK_V,
+# times each candidate at the first call, so that call is slow; docs/benchmarks.md). Candidates are (BLOCK_M, BLOCK_V,
 # [BLOCK_K,] num_warps, num_stages[, ROW_SPLITS]), the first being the hand-picked shape used before tuning.
 # The logits kernels (forward, wide-head logits gradient) tile the hidden size by BLOCK_K like a matmul's K-loop, so
 # any width runs with tiles of a fixed size. The fused backward kernels hold the whole hidden size (BLOCK_D); their d W

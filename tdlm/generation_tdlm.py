@@ -22,9 +22,51 @@ import torch
 from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
+from .configuration_tdlm import InvalidConfigValue
 from .schedules import STEP_SCHEDULES, get_noise_schedule, unmask_counts
 
-REMASKING_RULES = ("low_confidence", "margin", "entropy", "random")
+
+# ---------------------------------------------------------------------------------------------
+# Remasking rules: which masked positions to commit first
+# ---------------------------------------------------------------------------------------------
+def _low_confidence(logits, tokens, generator=None):
+    """p(proposal); exp(logit - logsumexp) needs no [N, V] softmax."""
+    return (logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1)).exp()
+
+
+def _margin(logits, tokens, generator=None):
+    """Top-1 minus top-2 probability."""
+    top2 = (logits.topk(2, dim=-1).values - logits.logsumexp(-1)[:, None]).exp()
+    return top2[:, 0] - top2[:, 1]
+
+
+def _entropy(logits, tokens, generator=None):
+    """Minus the entropy of the proposal distribution."""
+    probs = logits.softmax(-1)
+    return (probs * probs.clamp_min(1e-30).log()).sum(-1)
+
+
+def _random(logits, tokens, generator=None):
+    """Uniform noise: a random order."""
+    return torch.rand(tokens.shape, generator=generator, device=logits.device)
+
+
+# name -> confidence(logits [N, V] float, after top-k/top-p and with the mask token at -inf; tokens [N], the
+# proposals; generator) -> [N]; larger is committed first
+REMASKING_RULES = {"low_confidence": _low_confidence, "margin": _margin, "entropy": _entropy, "random": _random}
+
+
+def register_remasking_rule(name: str, confidence=None):
+    """Add a remasking rule `confidence(logits, tokens, generator) -> [N]` (see `REMASKING_RULES`). Usable as
+    `register_remasking_rule("name", fn)` or as a decorator `@register_remasking_rule("name")`; the name then
+    works as `remasking` in `diffusion_generate`, the YAML's sampling section and `tdlm-generate --remasking`."""
+    def add(function):
+        if not callable(function):
+            raise TypeError(f"remasking rule {name!r} must be callable, got {type(function).__name__}")
+        REMASKING_RULES[name] = function
+        return function
+
+    return add(confidence) if confidence is not None else add
 
 
 class DiffusionGenerationConfig(GenerationConfig):
@@ -32,9 +74,11 @@ class DiffusionGenerationConfig(GenerationConfig):
 
     Args:
         num_steps: budget of sampling steps (model calls); all masks are committed within it.
-        step_schedule: "cosine" (few tokens first, many at the end; default) or "linear".
+        step_schedule: "cosine" (few tokens first, many at the end; default), "linear", or any name added with
+            `schedules.register_step_schedule`.
         remasking: which masked positions to commit: "low_confidence" (highest probability of the
-            proposal), "margin" (top-1 minus top-2 probability), "entropy" (lowest entropy) or "random".
+            proposal), "margin" (top-1 minus top-2 probability), "entropy" (lowest entropy), "random", or any name
+            added with `register_remasking_rule`.
         confidence_threshold: also commit every proposal whose confidence exceeds it, at least one per
             step (Fast-dLLM style parallel decoding); the step schedule still gives the minimum per step.
         block_length: semi-autoregressive decoding in blocks of this many masks, left to right; the
@@ -68,11 +112,17 @@ class DiffusionGenerationConfig(GenerationConfig):
         kwargs.setdefault("top_p", None)
         super().__init__(**kwargs)
 
+    @classmethod
+    def for_model(cls, model_config, **options) -> "DiffusionGenerationConfig":
+        """Sampling options for a model: its special token ids, and its max_position_embeddings as max_length."""
+        return cls(**options, bos_token_id=model_config.bos_token_id, eos_token_id=model_config.eos_token_id,
+                   pad_token_id=model_config.pad_token_id, max_length=model_config.max_position_embeddings)
+
     def validate(self, strict: bool = False, **kwargs):
         # GenerationConfig's own checks assume autoregressive sampling (do_sample flags, beams); ours differ.
         # Non-finite numbers are refused: temperature=inf never finishes, nan silently proposes token 0.
         def fail(field, message):
-            raise ValueError(f"DiffusionGenerationConfig.{field}: {message}, got {getattr(self, field)!r}")
+            raise InvalidConfigValue("DiffusionGenerationConfig", field, f"{message}, got {getattr(self, field)!r}")
 
         def is_int(value):
             return isinstance(value, int) and not isinstance(value, bool)
@@ -85,9 +135,9 @@ class DiffusionGenerationConfig(GenerationConfig):
             if (value is not None or field == "num_steps") and not (is_int(value) and value >= 1):
                 fail(field, "must be an integer >= 1")
         if self.step_schedule not in STEP_SCHEDULES:
-            fail("step_schedule", f"must be one of {STEP_SCHEDULES}")
+            fail("step_schedule", f"must be one of {tuple(STEP_SCHEDULES)}")
         if self.remasking not in REMASKING_RULES:
-            fail("remasking", f"must be one of {REMASKING_RULES}")
+            fail("remasking", f"must be one of {tuple(REMASKING_RULES)}")
         if self.top_p is not None and not (is_number(self.top_p) and 0.0 < self.top_p <= 1.0):
             fail("top_p", "must lie in (0, 1]")
         if self.confidence_threshold is not None and not (is_number(self.confidence_threshold)
@@ -146,12 +196,8 @@ def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None)
 
 
 def propose_tokens(logits, config: DiffusionGenerationConfig, generator=None):
-    """Proposed x_0 tokens and their confidence under `config.remasking` for rows of logits [N, V].
-
-    Confidence is larger for positions to commit first: p(proposal) for "low_confidence", top-1 minus
-    top-2 probability for "margin", minus the entropy for "entropy", uniform noise for "random".
-    Probabilities are exp(logit - logsumexp): only "entropy" materialises the [N, V] softmax.
-    """
+    """Proposed x_0 tokens and their confidence under `config.remasking` (`REMASKING_RULES`) for rows of
+    logits [N, V]."""
     logits = _filter_logits(logits.float(), config.top_k, config.top_p)
     if config.temperature:
         uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
@@ -159,18 +205,7 @@ def propose_tokens(logits, config: DiffusionGenerationConfig, generator=None):
         tokens = (logits.double() / config.temperature + gumbel).argmax(-1)
     else:
         tokens = logits.argmax(-1)
-    if config.remasking == "random":
-        return tokens, torch.rand(tokens.shape, generator=generator, device=logits.device)
-    log_normaliser = logits.logsumexp(-1)
-    if config.remasking == "low_confidence":
-        confidence = (logits.gather(-1, tokens[:, None]).squeeze(-1) - log_normaliser).exp()
-    elif config.remasking == "margin":
-        top2 = (logits.topk(2, dim=-1).values - log_normaliser[:, None]).exp()
-        confidence = top2[:, 0] - top2[:, 1]
-    else:
-        probs = logits.softmax(-1)
-        confidence = (probs * probs.clamp_min(1e-30).log()).sum(-1)  # minus the entropy
-    return tokens, confidence.float()
+    return tokens, REMASKING_RULES[config.remasking](logits, tokens, generator).float()
 
 
 def _block_plan(masked, block_length, num_steps, schedule, step_schedule):
@@ -373,15 +408,12 @@ class DiffusionGenerationMixin:
         pad_id = config.pad_token_id if config.pad_token_id is not None else self.config.pad_token_id
         return eos_id, eos_id if pad_id is None else pad_id
 
-    def _active_logits(self, tokens, attention_mask, positions, prompt=None, cfg_scale=0.0):
+    def _active_logits(self, tokens, attention_mask, positions):
         """Float logits only at `positions` (bool [b, L]) of a sub-batch, in row-major order, the mask token's at -inf:
-        the backbone runs on all tokens, the head only where a proposal is needed. With `cfg_scale` > 0, guided by
-        the same rows with their `prompt` positions (bool [b, L]) masked (`ClassifierFreeGuidance`)."""
+        the backbone runs on all tokens, the head only where a proposal is needed."""
         hidden = self.model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
         logits = self.lm_head(hidden[positions]).float()
         logits[:, self.config.mask_token_id] = float("-inf")
-        if cfg_scale:
-            logits = ClassifierFreeGuidance(self, attention_mask, prompt, cfg_scale)(None, tokens, logits, positions)
         return logits
 
     @torch.no_grad()

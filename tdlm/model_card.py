@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from . import generation_tdlm, schedules
+from .evaluation.tasks import resolve_task
 from .runs import Experiment, experiment_of, read_json
 
 LICENSE = "mit"  # the license of this code base (setup.cfg), under which the weights are trained and released
@@ -42,16 +44,6 @@ WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1")
 KNOWN_FILES = {"wiki.train.raw": (*WIKITEXT, "train"), "wiki.valid.raw": (*WIKITEXT, "validation"),
                "wiki.test.raw": (*WIKITEXT, "test")}
 DATASET_LICENSES = {"Salesforce/wikitext": "cc-by-sa-3.0"}
-# downstream task -> (Hub data set, its name, config, split) of the local copies the tasks read
-TASK_DATASETS = {
-    "hellaswag": ("Rowan/hellaswag", "HellaSwag", None, "validation"),
-    "mmlu": ("cais/mmlu", "MMLU", "all", "test"),
-    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "ARC-Easy", "test"),
-    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "ARC-Challenge", "test"),
-    "piqa": ("ybisk/piqa", "PIQA", None, "validation"),
-    "boolq": ("google/boolq", "BoolQ", None, "validation"),
-    "lambada": ("EleutherAI/lambada_openai", "LAMBADA (OpenAI)", "default", "test"),
-}
 CITATIONS = """```bibtex
 @inproceedings{sahoo2024mdlm,
   title={Simple and Effective Masked Diffusion Language Models},
@@ -186,10 +178,18 @@ def _task_scores(result: dict, stem: str) -> list[tuple[str, dict, int | None, s
 
 
 def _task_dataset(task: str) -> tuple[str, str, str | None, str | None]:
-    family = task.split("_5shot")[0] if task.startswith("mmlu") else task
-    if family.startswith("mmlu_"):  # one MMLU subject: that config of cais/mmlu
-        return "cais/mmlu", f"MMLU {family.removeprefix('mmlu_')}", family.removeprefix("mmlu_"), "test"
-    return TASK_DATASETS.get(family, (task, task, None, None))
+    """(Hub data set, its name, config, split) of a task's local copy (`Task.dataset`); one subtask (an MMLU
+    subject) is that config of the data set. A task this process does not know is named by itself."""
+    try:
+        record, subtask = resolve_task(task)
+    except ValueError:
+        record, subtask = None, None
+    dataset = record.dataset if record is not None else None
+    if dataset is None:
+        return task, task, None, None
+    if subtask is not None:
+        return dataset.id, f"{dataset.name} {subtask}", subtask, dataset.split
+    return dataset.id, dataset.name, dataset.config, dataset.split
 
 
 def collect_scores(results: dict[str, dict], mode: str, eval_data: DataSource | None) -> list[Score]:
@@ -239,9 +239,17 @@ def _results_table(scores: list[Score]) -> str:
             + "\n".join(rows) + note)
 
 
+def _shipped(registry: dict, module) -> str:
+    """The names in a registry whose function ships with the weights (rules registered from outside the package
+    exist only in the process that registered them)."""
+    return ", ".join(f'"{name}"' for name, function in registry.items() if function.__module__ == module.__name__)
+
+
 def usage_snippet(repo_id: str, training_mode: str) -> str:
     """Copy-paste Python for loading and sampling the published model."""
     if training_mode == "diffusion":
+        step_schedules = _shipped(schedules.STEP_SCHEDULES, schedules)
+        remasking = _shipped(generation_tdlm.REMASKING_RULES, generation_tdlm)
         return f'''```python
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
@@ -261,8 +269,8 @@ print(tokenizer.batch_decode(out, skip_special_tokens=True))
 ```
 
 Or score a single masked position: `pipeline("fill-mask", model="{repo_id}", trust_remote_code=True)`.
-Options of `diffusion_generate`: `num_steps`, `step_schedule` ("cosine", "linear"), `remasking`
-("low_confidence", "margin", "entropy", "random"), `temperature`, `top_k`, `top_p`, `block_length`,
+Options of `diffusion_generate`: `num_steps`, `step_schedule` ({step_schedules}), `remasking`
+({remasking}), `temperature`, `top_k`, `top_p`, `block_length`,
 `confidence_threshold`, `stop_at_eos`. Infilling: put `tokenizer.mask_token_id` wherever text is wanted.'''
     return f'''```python
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline

@@ -389,9 +389,7 @@ class TDLMForMaskedDiffusion(_TDLMHeadModel, DiffusionGenerationMixin):
     def __init__(self, config: TDLMConfig):
         super().__init__(config)
         # sampling defaults saved as generation_config.json next to the weights
-        self.generation_config = DiffusionGenerationConfig(
-            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-            max_length=config.max_position_embeddings)
+        self.generation_config = DiffusionGenerationConfig.for_model(config)
 
     def forward(
         self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,

@@ -167,35 +167,16 @@ class Experiment:
         for stale in self.staging_folders():
             shutil.rmtree(stale, ignore_errors=True)
 
-    def latest_checkpoint(self) -> Path | None:
-        found = self.checkpoints(complete=False)
-        found = [p for p in found if is_model_folder(p)]
-        return found[-1] if found else None
-
     def best_checkpoint(self) -> Path:
-        """summary.json's best_checkpoint, else the checkpoint with the lowest eval loss in the latest
-        trainer_state.json, else the latest checkpoint."""
-        best = self.read_summary().get("best_checkpoint")
-        if best:
-            candidates = [Path(best), self.root / best, self.checkpoints_dir / Path(best).name]
-            for candidate in candidates:
-                if is_model_folder(candidate):
-                    return candidate
-            raise FileNotFoundError(f"{self.summary_path} names best_checkpoint={best!r}, but no model folder exists "
-                                    f"at any of {[str(c) for c in candidates]}")
+        """The saved checkpoint with the lowest eval loss (`best_evaluation` over the newest trainer_state.json's log);
+        a run that never evaluated: its latest checkpoint."""
         checkpoints = [p for p in self.checkpoints(complete=False) if is_model_folder(p)]
         if not checkpoints:
             raise FileNotFoundError(f"no checkpoints/checkpoint-<step> model folders in {self.root}")
-        state_file = checkpoints[-1] / "trainer_state.json"
-        if state_file.is_file():
-            state = read_json(state_file)
-            if state.get("best_model_checkpoint") and Path(state["best_model_checkpoint"]).is_dir():
-                return Path(state["best_model_checkpoint"])
-            by_step = {checkpoint_step(p): p for p in checkpoints}
-            evals = [e for e in state.get("log_history", []) if "eval_loss" in e and e.get("step") in by_step]
-            if evals:
-                return by_step[min(evals, key=lambda e: e["eval_loss"])["step"]]
-        return checkpoints[-1]
+        states = self.checkpoints(complete=True)
+        history = read_json(states[-1] / "trainer_state.json").get("log_history", []) if states else []
+        best = best_evaluation(history, checkpoints)
+        return best[0] if best is not None else checkpoints[-1]
 
 
 def default_experiment_id() -> str:
@@ -245,6 +226,19 @@ def list_checkpoints(checkpoints_dir: str | Path, complete: bool = True) -> list
     found = [(int(m.group(1)), p) for p in folder.iterdir()
              if (m := CHECKPOINT_PATTERN.match(p.name)) and (not complete or (p / "trainer_state.json").is_file())]
     return [p for _, p in sorted(found)]
+
+
+def best_evaluation(log_history: list[dict], checkpoints) -> tuple[Path, dict] | None:
+    """(checkpoint, its evaluation's log record) of the saved checkpoint with the lowest eval loss: the one rule for
+    "best", which the trainer keeps when it cleans up, summary.json reports and `Experiment.best_checkpoint` loads.
+    Evaluations at steps without a checkpoint among `checkpoints` do not count; ties go to the earliest; None when
+    no checkpoint was evaluated."""
+    by_step = {checkpoint_step(p): Path(p) for p in checkpoints}
+    evaluated = [record for record in log_history if "eval_loss" in record and record.get("step") in by_step]
+    if not evaluated:
+        return None
+    best = min(evaluated, key=lambda record: record["eval_loss"])
+    return by_step[best["step"]], best
 
 
 def staging_folder(checkpoints_dir, step: int) -> Path:

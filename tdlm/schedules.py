@@ -113,6 +113,18 @@ def get_noise_schedule(name: str) -> NoiseSchedule:
     return NOISE_SCHEDULES[name]()
 
 
+# corruption levels of the research metrics and gradient heatmaps, by mask ratio 1 - a_t:
+# [0, 0.3) low, [0.3, 0.7) medium, [0.7, 1] high
+LEVELS = ("low", "medium", "high")
+LEVEL_BOUNDARIES = (0.3, 0.7)
+
+
+def corruption_levels(mask_ratio: torch.Tensor) -> torch.LongTensor:
+    """0 / 1 / 2 for low / medium / high corruption."""
+    boundaries = torch.tensor(LEVEL_BOUNDARIES, dtype=mask_ratio.dtype, device=mask_ratio.device)
+    return torch.bucketize(mask_ratio.contiguous(), boundaries, right=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Forward process q(x_t | x_0)
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +218,29 @@ def diffusion_targets(
 # ---------------------------------------------------------------------------------------------
 # Reverse process: how many tokens each sampling step commits
 # ---------------------------------------------------------------------------------------------
-STEP_SCHEDULES = ("cosine", "linear")
+def _linear_steps(progress: torch.Tensor) -> torch.Tensor:
+    return 1.0 - progress
+
+
+def _cosine_steps(progress: torch.Tensor) -> torch.Tensor:
+    return torch.cos(0.5 * math.pi * progress)
+
+
+# name -> function from sampling progress p_k = k / K (float64, 0 .. 1) to the time t_k at step k
+STEP_SCHEDULES = {"cosine": _cosine_steps, "linear": _linear_steps}
+
+
+def register_step_schedule(name: str, times=None):
+    """Add a step schedule: `times(progress) -> t`, float64 tensors of shape [K + 1], from t = 1 at progress 0
+    down to t = 0 at progress 1, never increasing. Usable as `register_step_schedule("name", fn)` or as a
+    decorator `@register_step_schedule("name")`; the name then works as `step_schedule` everywhere."""
+    def add(function):
+        if not callable(function):
+            raise TypeError(f"step schedule {name!r} must be callable, got {type(function).__name__}")
+        STEP_SCHEDULES[name] = function
+        return function
+
+    return add(times) if times is not None else add
 
 
 def timestep_grid(num_steps: int, step_schedule: str = "cosine", device=None) -> torch.Tensor:
@@ -217,14 +251,16 @@ def timestep_grid(num_steps: int, step_schedule: str = "cosine", device=None) ->
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if step_schedule not in STEP_SCHEDULES:
+        raise ValueError(f"unknown step schedule {step_schedule!r}; expected one of {tuple(STEP_SCHEDULES)}")
     progress = torch.arange(num_steps + 1, dtype=torch.float64, device=device) / num_steps
-    if step_schedule == "linear":
-        return 1.0 - progress
-    if step_schedule == "cosine":
-        grid = torch.cos(0.5 * math.pi * progress)
-        grid[-1] = 0.0
-        return grid
-    raise ValueError(f"unknown step schedule {step_schedule!r}; expected one of {STEP_SCHEDULES}")
+    grid = STEP_SCHEDULES[step_schedule](progress).to(torch.float64)
+    if grid.shape != progress.shape or (grid[1:] > grid[:-1]).any() or abs(float(grid[0]) - 1.0) > 1e-6 \
+            or abs(float(grid[-1])) > 1e-6:
+        raise ValueError(f"step schedule {step_schedule!r} must map progress [0..1] to times from 1 down to 0 "
+                         f"(never increasing, shape [num_steps + 1])")
+    grid[0], grid[-1] = 1.0, 0.0  # exact ends: cos(pi / 2) is 6e-17, not 0
+    return grid
 
 
 def unmask_counts(

@@ -44,6 +44,10 @@ def make_experiment(root: Path, mode: str = "diffusion", steps=(10, 20)) -> Path
     experiment = root / f"tdlm_{mode}"
     for step in steps:
         save_checkpoint(experiment / "checkpoints" / f"checkpoint-{step}", mode, seed=step)
+    # the Trainer's record of the evaluations: the first checkpoint has the lowest eval loss (the best one)
+    history = [{"step": step, "epoch": 1.0 + i, "eval_loss": 4.321 + i} for i, step in enumerate(steps)]
+    (experiment / "checkpoints" / f"checkpoint-{steps[-1]}" / "trainer_state.json").write_text(
+        json.dumps({"global_step": steps[-1], "log_history": history}))
     (experiment / "configs").mkdir(parents=True)
     (experiment / "configs" / "config.yaml").write_text(textwrap.dedent(f"""\
         model:

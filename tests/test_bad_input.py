@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_trainer import corpus, tiny_config  # noqa: F401  (corpus is a fixture)
+from training_helpers import tiny_config
 
 from tdlm import TDLMConfig
 from tdlm.cli.evaluate import cli as evaluate_cli

@@ -46,7 +46,7 @@ def make_experiment(root: Path, experiment_id: str, mode: str, eval_file: Path, 
         (folder / "results").mkdir()
         (folder / "results" / "summary.json").write_text(json.dumps({
             "experiment_id": experiment_id, "training_mode": mode, "best_checkpoint": str(folder / "checkpoints" /
-                                                                                          "checkpoint-10"),
+                                                                                          "checkpoint-20"),
             "best_eval_loss": 6.0, "train_tokens": 12345, "epochs": 1.0, "num_parameters": 1}))
     return folder
 
@@ -62,8 +62,8 @@ def experiments(tmp_path_factory):
 
 
 def test_best_checkpoint_rules(experiments):
-    assert Experiment(experiments / "dd_run").best_checkpoint().name == "checkpoint-10"  # summary.json
-    # the lowest eval_loss in trainer_state
+    # the lowest eval_loss in trainer_state (summary.json only reports it)
+    assert Experiment(experiments / "dd_run").best_checkpoint().name == "checkpoint-20"
     assert Experiment(experiments / "ar_run").best_checkpoint().name == "checkpoint-20"
     (experiments / "ar_run" / "checkpoints" / "checkpoint-30" / "trainer_state.json").rename(
         experiments / "ar_run" / "state.bak")
@@ -87,7 +87,7 @@ def test_compare_models_script_writes_table_json_markdown_png(experiments, tmp_p
     assert "eval NLL per token" in printed and "hellaswag acc_norm" in printed
     dd, ar = comparison["diffusion"], comparison["autoregressive"]
     assert dd["training_mode"] == "diffusion" and ar["training_mode"] == "autoregressive"
-    assert Path(dd["checkpoint"]).name == "checkpoint-10" and Path(ar["checkpoint"]).name == "checkpoint-20"
+    assert Path(dd["checkpoint"]).name == "checkpoint-20" and Path(ar["checkpoint"]).name == "checkpoint-20"
     assert dd["likelihood"]["num_blocks"] == ar["likelihood"]["num_blocks"] == 2  # same eval blocks
     assert dd["likelihood"]["block_size"] == 32 and comparison["same_tokenizer"]
     assert dd["likelihood"]["standard_error"] > 0 and ar["likelihood"]["nll"] > 0

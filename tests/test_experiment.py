@@ -1,10 +1,13 @@
 """Experiment configs: schema, overrides, validation messages, experiment folders."""
 
+import copy
 from pathlib import Path
 
 import pytest
 
-from tdlm.config import ConfigError, load_config, save_config
+from tdlm.config import ConfigError, generation_config, load_config, model_config, save_config, training_arguments
+from tdlm.configuration_tdlm import InvalidConfigValue, TDLMConfig
+from tdlm.generation_tdlm import DiffusionGenerationConfig
 from tdlm.runs import Experiment, list_checkpoints, resume_point
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +46,45 @@ def test_mixed_precision_no_survives_yaml_1_1():
     assert load_config(None, BASE + ["training.mixed_precision=no"])["training"]["mixed_precision"] == "no"
     with pytest.raises(ConfigError, match="training.mixed_precision"):
         load_config(None, BASE + ["training.mixed_precision=yes"])
+
+
+def test_the_precision_that_runs_is_resolved_when_the_config_is_loaded(monkeypatch):
+    """accelerate's precision (ACCELERATE_MIXED_PRECISION) fills an unset training.mixed_precision at load time, so
+    the config a run saves and the TrainingArguments built from it agree, whatever is built first."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    config = load_config(None, BASE)
+    assert config["training"]["mixed_precision"] == "bf16"
+    assert load_config(None, BASE + ["training.mixed_precision=fp16"])["training"]["mixed_precision"] == "fp16"
+    snapshot = copy.deepcopy(config)
+    arguments = training_arguments(config, "out", use_cpu=True)
+    assert config == snapshot  # building the Trainer's arguments writes nothing into the config
+    assert arguments.bf16 and not arguments.fp16
+
+
+def test_the_schema_hands_out_the_model_generation_and_training_configs():
+    config = load_config(None, BASE + ["model.hidden_size=64", "model.vocab_size=120",
+                                       "diffusion.noise_schedule=cosine", "sampling.num_steps=12", "data.block_size=32",
+                                       "training.batch_size=4", "training.epochs=2"])
+    ids = dict(vocab_size=100, mask_token_id=99, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    model = model_config(config, ids)
+    assert (model.hidden_size, model.vocab_size, model.max_position_embeddings) == (64, 120, 32)  # vocab padded
+    assert (model.noise_schedule, model.mask_token_id, model.eos_token_id) == ("cosine", 99, 1)
+    generation = generation_config(config, model)
+    assert (generation.num_steps, generation.max_length, generation.pad_token_id) == (12, 32, 0)
+    arguments = training_arguments(config, "out", "run")
+    assert (arguments.per_device_train_batch_size, arguments.num_train_epochs, arguments.run_name) == (4, 2.0, "run")
+    with pytest.raises(ConfigError, match="model.vocab_size 120 is smaller than the tokenizer's 200 tokens"):
+        model_config(config, {**ids, "vocab_size": 200})
+
+
+def test_model_and_sampling_errors_carry_their_field():
+    with pytest.raises(InvalidConfigValue) as error:
+        TDLMConfig.check_values(hidden_size=65)
+    assert (error.value.owner, error.value.field) == ("TDLMConfig", "num_attention_heads")
+    with pytest.raises(InvalidConfigValue) as error:
+        DiffusionGenerationConfig(top_k=0).validate()
+    assert (error.value.owner, error.value.field) == ("DiffusionGenerationConfig", "top_k")
+    assert str(error.value) == "DiffusionGenerationConfig.top_k: must be an integer >= 1, got 0"
 
 
 @pytest.mark.parametrize("override, message", [

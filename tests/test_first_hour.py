@@ -13,7 +13,6 @@ import pytest
 import torch
 from publish_helpers import REPO_ROOT, save_checkpoint, tiny_model
 from test_lm_eval_cli import console_function
-from test_trainer import corpus  # noqa: F401  (a fixture)
 
 from tdlm.cli.generate import cli as generate_cli
 from tdlm.cli.lm_eval import with_default_device
@@ -31,7 +30,7 @@ def run(*argv, cwd=REPO_ROOT, timeout=300):
     return result.returncode, result.stdout + result.stderr
 
 
-def quick_start(corpus, root, name, *overrides):  # noqa: F811
+def quick_start(corpus, root, name, *overrides):
     """`scripts/train.py --config configs/quick_test.yaml` shrunk to seconds: 12 steps (eval_steps stays 100)."""
     return run(sys.executable, REPO_ROOT / "scripts" / "train.py",
                "--config", REPO_ROOT / "configs" / "quick_test.yaml", "--output-dir", root, "--experiment-id", name,
@@ -44,7 +43,7 @@ def quick_start(corpus, root, name, *overrides):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def runs(corpus, tmp_path_factory):  # noqa: F811
+def runs(corpus, tmp_path_factory):
     """The quick start (diffusion) and its AR baseline, which takes the diffusion checkpoint as its tokenizer."""
     root = tmp_path_factory.mktemp("experiments")
     dd = quick_start(corpus, root, "dd")
@@ -111,7 +110,7 @@ def test_3_model_card_of_a_cpu_run_shows_the_config_that_ran_and_the_evaluated_t
 
 
 # 5 -------------------------------------------------------------------------------------------------------------
-def test_5_a_checkpoint_folder_as_tokenizer_loads_without_a_prompt(runs, corpus, tmp_path):  # noqa: F811
+def test_5_a_checkpoint_folder_as_tokenizer_loads_without_a_prompt(runs, corpus, tmp_path):
     code, out = runs["ar"]  # model.tokenizer=<checkpoint folder>
     assert code == 0, out[-3000:]
     assert "custom code" not in out and "You are using a model of type" not in out
@@ -205,7 +204,7 @@ def test_11_empty_prompt_with_max_new_tokens_samples_them():
     assert out.shape == (1, 8) and not (out == tokenizer.mask_token_id).any()
 
 
-def test_11_data_errors_name_the_users_file_and_key(tmp_path, corpus):  # noqa: F811
+def test_11_data_errors_name_the_users_file_and_key(tmp_path, corpus):
     (tmp_path / "blank.txt").write_text("  \n\n \n")
     (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 8)
     for name, words in (("blank.txt", ["data.train_files=", "blank.txt", "fewer than one block"]),

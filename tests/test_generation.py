@@ -12,7 +12,7 @@ import torch
 from publish_helpers import NO_TDLM_PRELUDE
 
 from tdlm import DiffusionGenerationConfig, TDLMConfig, TDLMForMaskedDiffusion
-from tdlm.generation_tdlm import propose_tokens
+from tdlm.generation_tdlm import ClassifierFreeGuidance, propose_tokens
 from tdlm.schedules import get_noise_schedule, unmask_counts
 
 VOCAB, MASK, PAD, EOS = 97, 96, 1, 2
@@ -30,7 +30,7 @@ def tiny_model(seed=0, dtype=torch.float32, **overrides):
 def column_logits(table):
     """A stand-in for `_active_logits` whose proposal at canvas column c is `table[c]`, whatever the context:
     the commit order then depends only on the remasking rule."""
-    def fake(tokens, attention_mask, positions, prompt=None, cfg_scale=0.0):
+    def fake(tokens, attention_mask, positions):
         return table[positions.nonzero()[:, 1]].clone()
     return fake
 
@@ -219,11 +219,12 @@ def test_classifier_free_guidance_extrapolates_from_the_prompt_masked_logits():
 
     conditional, unconditional = logits_of(tokens), logits_of(tokens.masked_fill(prompt, MASK))
     assert not torch.allclose(conditional, unconditional)  # the prompt matters, so guidance has work to do
-    guided = model._active_logits(tokens, attention_mask, positions, prompt, cfg_scale=2.0)
+    guided = ClassifierFreeGuidance(model, attention_mask, prompt, 2.0)(0, tokens, model._active_logits(
+        tokens, attention_mask, positions), positions)
     expected = unconditional + 3.0 * (conditional - unconditional)
     torch.testing.assert_close(guided[:, :MASK], expected[:, :MASK].float(), rtol=1e-6, atol=1e-6)
     assert torch.isneginf(guided[:, MASK]).all() and torch.isfinite(guided[:, :MASK]).all()
-    unguided = model._active_logits(tokens, attention_mask, positions, prompt, cfg_scale=0.0)
+    unguided = model._active_logits(tokens, attention_mask, positions)
     torch.testing.assert_close(unguided[:, :MASK], conditional[:, :MASK].float(), rtol=1e-6, atol=1e-6)
 
 

@@ -62,14 +62,14 @@ def read_card_metadata(readme):
 # ---------------------------------------------------------------------------------------------
 def test_resolve_checkpoint_prefers_best_then_latest(tmp_path):
     experiment = make_experiment(tmp_path, steps=(9, 10))
-    assert model_folder(experiment) == experiment / "checkpoints" / "checkpoint-9"  # summary's best
+    assert model_folder(experiment) == experiment / "checkpoints" / "checkpoint-9"  # the lowest eval loss
     checkpoint = experiment / "checkpoints" / "checkpoint-9"
     assert model_folder(checkpoint) == checkpoint
-    (experiment / "results" / "summary.json").write_text(json.dumps({"best_eval_loss": 1.0}))
-    assert model_folder(experiment).name == "checkpoint-10"  # numeric, not lexicographic order
-    (experiment / "results" / "summary.json").write_text(json.dumps({"best_checkpoint": "checkpoints/checkpoint-7"}))
-    with pytest.raises(FileNotFoundError, match="checkpoint-7"):
-        model_folder(experiment)
+    state = experiment / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    state.write_text(json.dumps({"log_history": [{"step": 7, "eval_loss": 1.0}, {"step": 10, "eval_loss": 2.0}]}))
+    assert model_folder(experiment).name == "checkpoint-10"  # step 7's checkpoint is gone: the best saved one
+    state.unlink()
+    assert model_folder(experiment).name == "checkpoint-10"  # never evaluated: the latest, in numeric order
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty"):
         model_folder(tmp_path / "empty")

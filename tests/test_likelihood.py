@@ -150,11 +150,11 @@ def test_llada_conditional_estimate_is_unbiased_for_the_continuation_nelbo(diffu
 
 @pytest.mark.parametrize("mode", ["autoregressive", "diffusion"])
 def test_overlong_continuation_scores_its_last_tokens(mode):
-    from tdlm.evaluation.likelihood import _fit_continuations
+    from tdlm.evaluation.likelihood import fit_continuations
 
     model = tiny(mode)
     context, continuation = [1, 2], list(range(1, 7)) * 3  # 18 tokens > max_position_embeddings - 1 = 15
-    ((fit_context, fit_continuation),) = _fit_continuations([(context, continuation)], 16)
+    ((fit_context, fit_continuation),) = fit_continuations([(context, continuation)], 16)
     assert fit_continuation == continuation[-15:] and fit_context == context + continuation[:3]
     score = (ar_conditional_loglikelihood(model, [(fit_context, fit_continuation)]) if mode == "autoregressive" else
              diffusion_conditional_loglikelihood(model, [(fit_context, fit_continuation)], [0], mc_num=4))[0][0]

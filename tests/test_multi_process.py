@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 import yaml
-from test_trainer import REPO, corpus, tiny_config, train_losses  # noqa: F401  (corpus is a fixture)
+from training_helpers import REPO, tiny_config, train_losses
 
 from tdlm import TDLMForMaskedDiffusion
 from tdlm.config import save_config

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from test_bad_input import folder_hash
-from test_trainer import corpus, tiny_config  # noqa: F401  (corpus is a fixture)
+from training_helpers import tiny_config
 from transformers import TrainerCallback
 
 from tdlm.cli.train import cli as train_cli

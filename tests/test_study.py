@@ -16,7 +16,7 @@ from tdlm.research import study
 from tdlm.research.reuse import fit_reuse, reuse_loss
 from tdlm.research.sample_quality import sample_quality, score_texts, unigram_entropy, with_context
 from tdlm.research.statistics import clustered_standard_error, paired_difference
-from tdlm.research.study_report import critical_compute, regenerate
+from tdlm.research.study_report import claims, critical_compute, regenerate
 from tdlm.tokenization import train_bpe_tokenizer
 from tdlm.training import build_model, build_tokenizer
 
@@ -126,6 +126,14 @@ def test_clustered_standard_error_is_calibrated():
     assert np.mean(naive) < truth / 3
 
 
+def test_a_claim_needs_every_seed():
+    def runs(budget, *winners):
+        return [{"budget": budget, "comparison": "best size vs best size", "winner": w} for w in winners]
+
+    rows = runs(1, "ar", "ar") + runs(2, "diffusion") + runs(3, "ar", "tie (within 2 SE)") + runs(4, "tie", "tie")
+    assert [c["claim"] for c in claims(rows)] == ["ar", None, None, None]
+
+
 def test_branch_epochs_and_grid_errors(tiny):
     assert study.branch_epochs(300) == [2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 300]
     assert study.branch_epochs(5) == [2, 3, 4, 5]
@@ -188,10 +196,9 @@ def test_patience_stops_an_overfitting_arm(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(study.ArmTrainer, "_branch", fake_branch)
     monkeypatch.setattr(study.ArmTrainer, "_save", lambda self: None)
-    trainer = study.ArmTrainer(study.Arm("ar", "32x1", 320), study.arm_config(tiny, study.Arm("ar", "32x1", 1), 32),
-                               build_tokenizer(tiny), study.StudyData(tiny["data"]["prepared"], 32).budget_blocks(320, 0),
-                               study.StudyData(tiny["data"]["prepared"], 32), {**SETTINGS, "max_epochs": 300},
-                               tmp_path)
+    arm, data = study.Arm("ar", "32x1", 320), study.StudyData(tiny["data"]["prepared"], 32)
+    trainer = study.ArmTrainer(arm, study.arm_config(tiny, arm, 32), build_tokenizer(tiny), data.budget_blocks(320, 0),
+                               data, {**SETTINGS, "max_epochs": 300}, tmp_path)
     trainer.train()
     assert [p["epoch"] for p in trainer.points] == [2, 3, 4, 6]  # two worse branches in a row: stop
     assert trainer.epoch == 6

@@ -4,12 +4,11 @@ mixed precision that ran (here chosen by accelerate's environment) is what the s
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_trainer import corpus, tiny_config  # noqa: F401  (corpus: a fixture)
+from training_helpers import tiny_config
 
-from tdlm.config import ConfigError
+from tdlm.config import ConfigError, trackers
 from tdlm.runs import Experiment
 from tdlm.training import run_training
-from tdlm.training.build import trackers
 
 
 def test_report_to_takes_trackers_and_keeps_the_wandb_switch(corpus):  # noqa: F811
@@ -26,7 +25,7 @@ def test_tensorboard_event_files_and_the_precision_that_ran(corpus, tmp_path, mo
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
     config = tiny_config(corpus, "training.report_to=tensorboard", "training.max_steps=4",
                          "training.save_every_n_steps=null", "training.detailed_metrics_steps=2")
-    assert config["training"]["mixed_precision"] == "no"
+    assert config["training"]["mixed_precision"] == "bf16"  # resolved when the config is loaded
     run_training(config, "tb", str(tmp_path))
     experiment = Experiment(tmp_path / "tb")
     (events,) = {path.parent for path in experiment.logs_dir.rglob("events.out.tfevents.*")}

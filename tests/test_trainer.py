@@ -5,50 +5,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from training_helpers import REPO, eval_losses, tiny_config, train_losses
 from transformers import TrainerCallback
 
 from tdlm import TDLMForMaskedDiffusion
 from tdlm.config import load_config, save_config
 from tdlm.runs import Experiment, list_checkpoints
 from tdlm.training import DiffusionTrainer, run_evaluation, run_training
-
-REPO = Path(__file__).resolve().parents[1]
-WIKI = REPO.parent / "shared" / "data" / "wikitext-2-raw"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """~40 KB of WikiText-2 validation text to train on and ~8 KB of test text to evaluate on."""
-    folder = tmp_path_factory.mktemp("corpus")
-    (folder / "train.txt").write_text((WIKI / "wiki.valid.raw").read_text()[:40_000])
-    (folder / "eval.txt").write_text((WIKI / "wiki.test.raw").read_text()[:8_000])
-    return folder
-
-
-def tiny_config(corpus, *overrides):
-    base = [
-        f"model.train_bpe={{files: [{corpus / 'train.txt'}], vocab_size: 300}}",
-        "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
-        "model.intermediate_size=64", f"data.train_files={corpus / 'train.txt'}",
-        f"data.eval_files={corpus / 'eval.txt'}", "data.block_size=16", f"data.cache_dir={corpus / 'cache'}",
-        "training.batch_size=8", "training.logging_steps=1", "training.max_steps=12", "training.warmup_steps=2",
-        "training.learning_rate=1e-2", "training.save_every_n_epochs=null", "training.cleanup_checkpoints=false",
-        "enhanced_evaluation.max_eval_batches=2", "sampling.num_steps=8",
-    ]
-    return load_config(None, base + list(overrides))
-
-
-def train_losses(experiment):
-    return {r["step"]: r["loss"] for r in Experiment(experiment).read_metrics() if r["split"] == "train"}
-
-
-def eval_losses(experiment):
-    return {r["step"]: r["eval_loss"] for r in Experiment(experiment).read_metrics()
-            if r["split"] == "eval"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +267,7 @@ KILL_DURING_SAVE = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 sys.path.insert(0, {tests!r})
-from test_trainer import tiny_config
+from training_helpers import tiny_config
 from pathlib import Path
 from tdlm.training import DiffusionTrainer, run_training
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 from accelerate import Accelerator
-from test_trainer import REPO, WIKI, corpus, tiny_config  # noqa: F401  (corpus is a fixture)
+from training_helpers import REPO, WIKI, tiny_config
 
 from tdlm import TDLMForCausalLM, TDLMForMaskedDiffusion
 from tdlm.runs import Experiment

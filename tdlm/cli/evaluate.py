@@ -14,14 +14,14 @@ from .arguments import positive_int, seed
 
 def main(argv=None):
     from ..evaluation.runner import evaluate_checkpoint
-    from ..evaluation.tasks import TASK_NAMES
+    from ..evaluation.tasks import TASKS
     from ..runs import write_json
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write-lm-eval-tasks", metavar="DIR", default=None,
                         help="only write the local lm-eval task YAMLs for --tasks to DIR (for lm_eval --include_path)")
     parser.add_argument("--model", help="checkpoint folder (config.json with training_mode + tokenizer)")
-    parser.add_argument("--tasks", default="", help=f"comma-separated: {', '.join(TASK_NAMES)}, mmlu_<subject>, "
+    parser.add_argument("--tasks", default="", help=f"comma-separated: {', '.join(TASKS)}, mmlu_<subject>, "
                                                     "mmlu_5shot_<subject>")
     parser.add_argument("--limit", type=positive_int, default=None, help="documents per (sub)task")
     parser.add_argument("--mc-num", type=positive_int, default=128, help="Monte-Carlo samples per choice (diffusion)")
@@ -42,8 +42,7 @@ def main(argv=None):
     if args.write_lm_eval_tasks:
         from ..evaluation.tasks import lm_eval_task_names, write_lm_eval_tasks
 
-        families, names = lm_eval_task_names(tasks or ["hellaswag", "mmlu", "mmlu_5shot", "arc_easy",
-                                                       "arc_challenge", "piqa", "boolq", "lambada"])
+        families, names = lm_eval_task_names(tasks or list(TASKS))
         write_lm_eval_tasks(args.write_lm_eval_tasks, families, args.data_dir)
         print(f"wrote lm-eval tasks to {args.write_lm_eval_tasks}: {', '.join(names)}")
         return names

@@ -9,7 +9,9 @@ checkpoint's config.training_mode says. The tokenizer is loaded from the checkpo
 import argparse
 import sys
 
+from ..generation_tdlm import REMASKING_RULES
 from ..runs import load_checkpoint
+from ..schedules import STEP_SCHEDULES
 from ..text_generation import generate_text, infill_text
 from . import entry_point
 from .arguments import non_negative_float, positive_int, probability, seed, unit_interval
@@ -31,8 +33,8 @@ def main(argv=None):
     parser.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt")
     parser.add_argument("--num-steps", type=positive_int, default=None,
                         help="diffusion steps (default: generation_config)")
-    parser.add_argument("--step-schedule", choices=("cosine", "linear"), default=None)
-    parser.add_argument("--remasking", choices=("low_confidence", "margin", "entropy", "random"), default=None)
+    parser.add_argument("--step-schedule", choices=tuple(STEP_SCHEDULES), default=None)
+    parser.add_argument("--remasking", choices=tuple(REMASKING_RULES), default=None)
     parser.add_argument("--confidence-threshold", type=unit_interval, default=None)
     parser.add_argument("--block-length", type=positive_int, default=None)
     parser.add_argument("--cfg-scale", type=non_negative_float, default=None,

@@ -15,7 +15,7 @@ class DataCollatorForTDLM:
     def __call__(self, examples):
         rows = [torch.as_tensor(e["input_ids"], dtype=torch.long) for e in examples]
         length = max(r.numel() for r in rows)
-        if all(row.numel() == length for row in rows):  # packed blocks: one stack (the row loop took 60 ms/batch)
+        if all(row.numel() == length for row in rows):  # packed blocks: one stack, no per-row padding loop
             input_ids = torch.stack(rows)
             return {"input_ids": input_ids, "labels": input_ids.clone()}
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)

@@ -5,7 +5,7 @@ Imports only torch/transformers at module level; lm-eval, matplotlib and yaml ar
 
 from .likelihood import ar_nll, conditional_loglikelihood, diffusion_nelbo, diffusion_ordered_nll
 from .multiple_choice import aggregate, run_downstream, score_docs
-from .tasks import TASK_NAMES, load_task
+from .tasks import TASKS, Task, load_task, register_task
 
 __all__ = ["run_downstream", "ar_nll", "diffusion_nelbo", "diffusion_ordered_nll", "conditional_loglikelihood",
-           "score_docs", "aggregate", "load_task", "TASK_NAMES"]
+           "score_docs", "aggregate", "load_task", "TASKS", "Task", "register_task"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runs import Experiment
-from ..training.metrics import LEVELS
+from ..schedules import LEVEL_BOUNDARIES, LEVELS
 
 
 class NoGradientMetricsError(ValueError):
@@ -81,7 +81,9 @@ def health_matrix(table: dict) -> tuple[list[str], np.ndarray]:
 
 def _heat(axis, matrix, steps, title, colorbar_label, figure, cmap="viridis"):
     image = axis.imshow(matrix, aspect="auto", cmap=cmap, interpolation="nearest")
-    axis.set_yticks(range(len(LEVELS)), [f"{level}\n({r})" for level, r in zip(LEVELS, ("0-30%", "30-70%", "70-100%"))])
+    edges = [round(100 * edge) for edge in (0.0, *LEVEL_BOUNDARIES, 1.0)]
+    labels = [f"{level}\n({low}-{high}%)" for level, low, high in zip(LEVELS, edges, edges[1:])]
+    axis.set_yticks(range(len(LEVELS)), labels)
     ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).astype(int)
     axis.set_xticks(ticks, [str(steps[t]) for t in ticks])
     axis.set_xlabel("step")

@@ -186,8 +186,8 @@ def conditional_loglikelihood(model, tokenizer, pairs, mc_num: int = 128, seed: 
     `check_greedy=False` skips the diffusion greedy decode (L model calls per pair; is_greedy is then False): for
     callers that only rank choices by log-likelihood. The AR check is free and always made."""
     encoded = [encode_pair(tokenizer, context, continuation) for context, continuation in pairs]
-    encoded = _fit_continuations(encoded, model.config.max_position_embeddings)
-    keys = [_context_key(seed, context) for context, _ in pairs]
+    encoded = fit_continuations(encoded, model.config.max_position_embeddings)
+    keys = [context_key(seed, context) for context, _ in pairs]
     return encoded_loglikelihood(model, encoded, keys, mc_num, batch_size, show_progress, check_greedy)
 
 
@@ -202,7 +202,7 @@ def encoded_loglikelihood(model, encoded, keys, mc_num: int = 128, batch_size: i
     return ar_conditional_loglikelihood(model, encoded, batch_size, show_progress)
 
 
-def _fit_continuations(encoded, max_length: int):
+def fit_continuations(encoded, max_length: int):
     """A continuation longer than max_length - 1 tokens keeps only its last max_length - 1 tokens (scored after
     at least one context token); lm-eval's `hf` backend refuses such requests instead. Logged as a warning."""
     fitted, clipped = [], 0
@@ -217,7 +217,8 @@ def _fit_continuations(encoded, max_length: int):
     return fitted
 
 
-def _context_key(seed: int, context: str) -> int:
+def context_key(seed: int, context: str) -> int:
+    """The Monte-Carlo seed of one context: every continuation of it is scored on the same random masks (paired)."""
     return (seed * 1_000_003 + zlib.crc32(context.encode("utf-8"))) % (2 ** 63)
 
 

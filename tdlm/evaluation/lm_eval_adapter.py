@@ -32,11 +32,11 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from ..runs import load_checkpoint
 from .likelihood import (
-    _context_key,
-    _fit_continuations,
     ar_conditional_loglikelihood,
+    context_key,
     diffusion_nelbo_samples,
     encoded_loglikelihood,
+    fit_continuations,
     prefix_token_id,
 )
 
@@ -131,12 +131,12 @@ class TDLMLM(TemplateLM):
         return self.tokenizer.encode(string, **special)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-        encoded = _fit_continuations([(context, continuation) for _, context, continuation in requests],
+        encoded = fit_continuations([(context, continuation) for _, context, continuation in requests],
                                      self.max_length)
         # AR scores (context + continuation)[-(max_length + 1):], its last token being only a target
         limit = self.max_length + (0 if self.model.config.is_diffusion else 1)
         warn_truncated("loglikelihood", [len(context) + len(continuation) for context, continuation in encoded], limit)
-        keys = [_context_key(self.seed, context) for (context, _), _, _ in requests]
+        keys = [context_key(self.seed, context) for (context, _), _, _ in requests]
         return encoded_loglikelihood(self.model, encoded, keys, self.mc_num, self.batch_size,
                                      show_progress=not disable_tqdm, check_greedy=self.check_greedy)
 

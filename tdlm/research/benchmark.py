@@ -70,7 +70,8 @@ def _autocast_dtype(config: dict):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["training"]["mixed_precision"])
 
 
-def _sync(device):
+def sync(device):
+    """Wait for the device's queued work, so that a wall-clock timing covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -82,11 +83,11 @@ class StepTimer(TrainerCallback):
         self.device, self.times, self._start = device, [], None
 
     def on_step_begin(self, args, state, control, **kwargs):
-        _sync(self.device)
+        sync(self.device)
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        _sync(self.device)
+        sync(self.device)
         self.times.append(time.perf_counter() - self._start)
 
 
@@ -169,7 +170,7 @@ def _bare_loop(config: dict, tokenizer, mode: str, device: torch.device, num_ste
         torch.nn.utils.clip_grad_norm_(model.parameters(), t["max_grad_norm"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        _sync(device)
+        sync(device)
     return step, batch_size * length, model.config
 
 
@@ -180,7 +181,7 @@ def benchmark_bare_loop(config: dict, tokenizer, mode: str, device: torch.device
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for index in range(steps + warmup):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         step(index)
         times.append(time.perf_counter() - start)
@@ -198,7 +199,7 @@ def profile_bare_loop(config: dict, tokenizer, mode: str, device: torch.device, 
     on_gpu = device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
     with torch.profiler.profile(activities=activities) as profiler:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for index in range(warmup, warmup + steps):
             step(index)
@@ -288,7 +289,7 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
     bare = {}
 
     def trainer_row(mode, head, compiled):
-        row = _guarded(benchmark_trainer, _variant(config, head, compiled), tokenizer, mode, device, steps, warmup)
+        row = guarded(benchmark_trainer, _variant(config, head, compiled), tokenizer, mode, device, steps, warmup)
         row.update(mode=mode, path="trainer", head_implementation=head, torch_compile=compiled)
         if "error" not in row and not compiled and "error" not in bare[mode, head]:  # the same eager model and head
             row["overhead_vs_bare_loop"] = row["median_step_s"] / bare[mode, head]["median_step_s"] - 1.0
@@ -300,12 +301,12 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
     for mode in modes:
         for head in head_variants:
             eager = _variant(config, head, False)
-            check = _guarded(loss_agreement, eager, tokenizer, mode, device)
+            check = guarded(loss_agreement, eager, tokenizer, mode, device)
             report["loss_check"].append({"mode": mode, "head_implementation": head, **check})
             if profile:
-                found = _guarded(profile_bare_loop, eager, tokenizer, mode, device)
+                found = guarded(profile_bare_loop, eager, tokenizer, mode, device)
                 report["profile"].append({"mode": mode, "head_implementation": head, **found})
-            bare[mode, head] = _guarded(benchmark_bare_loop, eager, tokenizer, mode, device, steps, warmup)
+            bare[mode, head] = guarded(benchmark_bare_loop, eager, tokenizer, mode, device, steps, warmup)
             report["training"].append({**bare[mode, head], "mode": mode, "path": "bare_loop", "torch_compile": False,
                                        "head_implementation": head})
             save()
@@ -321,7 +322,7 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
     return report
 
 
-def _guarded(measure, *args) -> dict:
+def guarded(measure, *args) -> dict:
     """One variant's failure (a kernel that does not compile on this GPU) is reported, not fatal: GPU time is scarce
     and the other rows of the run still count."""
     try:

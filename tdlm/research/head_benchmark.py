@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..fused_cross_entropy import linear_cross_entropy
-from .benchmark import _guarded, _sync, device_name
+from .benchmark import device_name, guarded, sync
 
 LIBRARIES = {"cut_cross_entropy": "cut-cross-entropy", "liger_kernel": "liger-kernel"}  # head -> pip package
 
@@ -109,16 +109,16 @@ def time_head(name, rows, weight, targets, reference, repeats, warmup) -> dict:
     for _ in range(warmup):  # compiles and autotunes
         step()
     rows.grad = weight.grad = None
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         loss = step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     reference_loss, reference_grad_rows, reference_grad_weight = reference
     return {"median_ms": 1000 * statistics.median(times),
@@ -142,7 +142,7 @@ def run_head_grid(shapes, vocab_size=50258, heads=tuple(HEADS), device=None, dty
         rows, weight, targets = _inputs(n_rows, hidden, vocab_size, device, dtype)
         reference = _reference(rows, weight, targets)
         for head in heads:
-            result = _guarded(time_head, head, rows, weight, targets, reference, repeats, warmup)
+            result = guarded(time_head, head, rows, weight, targets, reference, repeats, warmup)
             report["rows"].append({"rows": n_rows, "hidden": hidden, "head": head, **result})
             if output:
                 Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -4,15 +4,15 @@ unique training tokens that is repeated for many epochs.
 - Data: the training documents of a prepared folder (`data.prepared`, with document boundaries) shuffled with a
   seed; a budget of U unique tokens is the first U // L blocks of those documents written back to back, so budgets
   are nested random samples of the corpus, not a few neighbouring files. The held-out split is cut into blocks in
-  document order; every eighth block (so every sizeable document contributes) selects checkpoints, the other three quarters
-  report. The reported loss is therefore not the minimum it was chosen by.
+  document order; every eighth block (so every sizeable document contributes) selects checkpoints and sizes, the
+  other seven eighths report. The reported loss is therefore not the minimum it was chosen by.
 - Scoring: all L tokens of every block, for every objective. AR sees a context token (BOS, else EOS) before each
   block, in training and in scoring; diffusion pays the NELBO of all L tokens (stratified t, seeded per block, so
   two checkpoints are compared on the same draws).
-- Schedule: warmup-stable-decay. An arm trains at constant learning rate; at epochs 2, 3, 4, 6, 8, 12, ... and its last it
-  branches a cool-down of `cooldown` x epochs with the rate decaying linearly to 0, scores it and resumes the stable
-  run. Each branch stands for a run whose decay ends there (Hägele et al. 2024), so an arm's best branch is its best
-  over schedule lengths: the same rule for both objectives. An arm stops once `patience` branches in a row were
+- Schedule: warmup-stable-decay. An arm trains at constant learning rate; at epochs 2, 3, 4, 6, 8, 12, ... and its
+  last it branches a cool-down of `cooldown` x epochs with the rate decaying linearly to 0, scores it and resumes the
+  stable run. Each branch stands for a run whose decay ends there (Hägele et al. 2024), so an arm's best branch is its
+  best over schedule lengths: the same rule for both objectives. An arm stops once `patience` branches in a row were
   worse than its best by more than 2 standard errors (paired, clustered by document).
 - Arms: objective x model size x seed (x dropout). Each arm's folder holds state.pt, rewritten at every branch
   (an interrupted arm continues from its last branch, bit for bit), its best model, and result.json once finished;

@@ -62,13 +62,26 @@ def verdicts(arms: list[dict], documents) -> list[dict]:
             ar, diffusion = best_of(plain, "ar"), best_of(plain, "diffusion")
             if ar and diffusion:
                 rows.append({"budget": budget, "seed": seed, "comparison": "best size vs best size",
-                             "diffusion": diffusion["name"], "ar": ar["name"], **compare_arms(diffusion, ar, documents)})
+                             "diffusion": diffusion["name"], "ar": ar["name"],
+                             **compare_arms(diffusion, ar, documents)})
             for size in sorted({a["size"] for a in plain}, key=_size_key):
                 pair = {a["objective"]: a for a in plain if a["size"] == size}
                 if {"ar", "diffusion"} <= set(pair) and seed == 0:
                     rows.append({"budget": budget, "seed": seed, "comparison": f"same size {size}",
                                  "diffusion": pair["diffusion"]["name"], "ar": pair["ar"]["name"],
                                  **compare_arms(pair["diffusion"], pair["ar"], documents)})
+    return rows
+
+
+def claims(verdict_rows: list[dict]) -> list[dict]:
+    """Per budget: a winner only where every seed's best-vs-best comparison names it beyond 2 SE."""
+    rows = []
+    for budget in sorted({v["budget"] for v in verdict_rows}):
+        runs = [v for v in verdict_rows if v["budget"] == budget and v["comparison"] == "best size vs best size"]
+        winners = [v["winner"] for v in runs]
+        agreed = len(runs) >= 2 and len(set(winners)) == 1 and not winners[0].startswith("tie")
+        rows.append({"budget": budget, "seeds": len(runs), "claim": winners[0] if agreed else None,
+                     "winners": winners})
     return rows
 
 
@@ -119,7 +132,8 @@ def reuse(arms: list[dict]) -> dict:
 def summarize(study: dict) -> dict:
     arms = study["arms"]
     documents = study["settings"].get("report_block_documents")
-    return {"verdicts": verdicts(arms, documents) if documents else [],
+    rows = verdicts(arms, documents) if documents else []
+    return {"verdicts": rows, "claims": claims(rows),
             "crossovers": [crossover(arms, b) for b in sorted({a["budget"] for a in arms})],
             "reuse": reuse(arms)}
 
@@ -146,14 +160,18 @@ def format_markdown(study: dict) -> str:
         lines.append(f"| {tokens_label(a['budget'])} | {a['objective']} | {a['size']} | {a['seed']} | "
                      f"{a['dropout']:g} | {a['num_parameters']:,} | {a['num_parameters'] / a['unique_tokens']:.1f} | "
                      f"{a['best']['epoch']} ({a['best']['eval_loss']:.3f}) | {a['report_loss']:.3f} ± "
-                     f"{a['report_standard_error_mc']:.3f} | {a['stopped_at_epoch']} | {a['best']['train_flops']:.2e} |")
+                     f"{a['report_standard_error_mc']:.3f} | {a['stopped_at_epoch']} | "
+                     f"{a['best']['train_flops']:.2e} |")
     lines += ["", "## Diffusion vs AR on the report blocks (paired; SE clustered by document + Monte-Carlo)", "",
               "| budget | seed | comparison | diffusion | AR | diffusion - AR | SE (cluster, MC) | winner |",
               "|---|---|---|---|---|---|---|---|"]
     for v in summary["verdicts"]:
-        lines.append(f"| {tokens_label(v['budget'])} | {v['seed']} | {v['comparison']} | {v['diffusion']} | {v['ar']} | "
-                     f"{v['difference']:+.3f} | {v['standard_error']:.3f} ({v['cluster_standard_error']:.3f}, "
-                     f"{v['monte_carlo_standard_error']:.3f}) | {v['winner']} |")
+        lines.append(f"| {tokens_label(v['budget'])} | {v['seed']} | {v['comparison']} | {v['diffusion']} | "
+                     f"{v['ar']} | {v['difference']:+.3f} | {v['standard_error']:.3f} "
+                     f"({v['cluster_standard_error']:.3f}, {v['monte_carlo_standard_error']:.3f}) | {v['winner']} |")
+    lines += ["", "Claims (a winner needs > 2 SE in every seed run, and at least two seeds):", ""]
+    lines += [f"- {tokens_label(c['budget'])}: {c['claim'] or 'no claim'} ({c['seeds']} seed run(s): "
+              f"{', '.join(c['winners'])})" for c in summary["claims"]]
     lines += ["", "## Crossover: measured vs predicted", "",
               "| budget | predicted C_crit (FLOPs) | measured crossover (FLOPs) | largest compute trained |",
               "|---|---|---|---|"]
@@ -170,7 +188,8 @@ def format_markdown(study: dict) -> str:
     quality = study.get("sample_quality")
     if quality:
         lines += ["", f"## Sample quality (scorer: {quality['scorer']})", "",
-                  "| sampled | sampler | gen-PPL | unigram entropy (nats) | samples x tokens |", "|---|---|---|---|---|"]
+                  "| sampled | sampler | gen-PPL | unigram entropy (nats) | samples x tokens |",
+                  "|---|---|---|---|---|"]
         lines += [f"| {q['name']} | {q.get('sampler', '-')} | {q['gen_ppl']:.2f} | {q['unigram_entropy']:.3f} | "
                   f"{q['num_samples']} x {q['num_tokens'] // max(q['num_samples'], 1)} |" for q in quality["rows"]]
     return "\n".join(lines) + "\n"
@@ -243,9 +262,4 @@ def regenerate(output_dir) -> dict:
         raise FileNotFoundError(f"--report: no study.json in {output_dir}")
     study = json.loads(path.read_text())
     study.pop("summary", None)
-    settings = study["settings"]
-    if "report_block_documents" not in settings:  # written by a run that predates the field: recompute it
-        from .study import StudyData
-
-        settings["report_block_documents"] = StudyData(settings["prepared"], settings["block_size"]).report[1].tolist()
     return write_report(output_dir, study)

@@ -3,20 +3,14 @@
 import os
 from contextlib import contextmanager
 
-import torch
 from transformers import TrainingArguments
 
-from ..config import trackers
-from ..configuration_tdlm import TDLMConfig
+from .. import config as schema
 from ..data import DataCollatorForTDLM, build_datasets
-from ..generation_tdlm import DiffusionGenerationConfig
 from ..modeling_tdlm import TDLMModel, model_class_for
 from ..peft_utils import apply_lora
 from ..runs import Experiment, load_model, pretrained_source
 from ..tokenization import check_tokenizer_matches, config_kwargs_for_tokenizer, load_tokenizer, train_bpe_tokenizer
-
-MODEL_SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "rope_theta",
-                    "attention_dropout", "hidden_dropout", "initializer_range")
 
 
 def starting_point(config: dict) -> str | None:
@@ -67,17 +61,8 @@ def build_model(config: dict, tokenizer):
         with _loading(_pretrained_key(config), pretrained):
             model = load_model(pretrained)
     else:
-        token_kwargs = config_kwargs_for_tokenizer(tokenizer)
-        if m["vocab_size"] is not None:
-            if m["vocab_size"] < token_kwargs["vocab_size"]:
-                raise ValueError(f"model.vocab_size {m['vocab_size']} is smaller than the tokenizer's "
-                                 f"{token_kwargs['vocab_size']} tokens")
-            token_kwargs["vocab_size"] = m["vocab_size"]
-        model_config = TDLMConfig(
-            **{k: m[k] for k in MODEL_SHAPE_KEYS}, **token_kwargs, **config["diffusion"],
-            training_mode=m["training_mode"],
-            max_position_embeddings=m["max_position_embeddings"] or config["data"]["block_size"])
-        model = model_class_for(model_config)(model_config)
+        fresh = schema.model_config(config, config_kwargs_for_tokenizer(tokenizer))
+        model = model_class_for(fresh)(fresh)
     if model.config.training_mode != m["training_mode"]:
         raise ValueError(f"model.training_mode is {m['training_mode']!r} but the pretrained model {pretrained} is "
                          f"{model.config.training_mode!r}")
@@ -86,10 +71,7 @@ def build_model(config: dict, tokenizer):
     m["head_implementation"] = model.config.head_implementation = head_that_runs(m["head_implementation"])
     check_tokenizer_matches(tokenizer, model.config)
     if model.config.is_diffusion:
-        sampling = {k: v for k, v in config["sampling"].items() if v is not None}
-        model.generation_config = DiffusionGenerationConfig(
-            **sampling, bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id,
-            pad_token_id=model.config.pad_token_id, max_length=model.config.max_position_embeddings)
+        model.generation_config = schema.generation_config(config, model.config)
     if config["peft"]["enabled"]:
         model = apply_lora(model, {**config["peft"], "base_model": pretrained})
     if config["training"]["torch_compile"] or config["training"]["torch_compile_mode"]:  # a mode implies compile
@@ -107,7 +89,7 @@ def head_that_runs(requested: str) -> str:
 def compile_backbone(model, mode: str | None = None):
     """torch.compile the backbone in place (its [batch, length] shapes are static, so it compiles once); the head
     runs eagerly: its masked-row gather has data-dependent shapes and its kernels are fused already. Compiling the
-    whole model (TrainingArguments.torch_compile) recompiled at that gather and gained 3% on an H100."""
+    whole model (TrainingArguments.torch_compile) recompiles at that gather (docs/benchmarks.md)."""
     for module in model.modules():
         if isinstance(module, TDLMModel):
             module.compile(mode=mode)
@@ -122,20 +104,10 @@ def build_data(config: dict, tokenizer, model):
     return train, evaluation, DataCollatorForTDLM(tokenizer.pad_token_id)
 
 
-def mixed_precision(config: dict) -> str:
-    """The precision a run uses: the YAML's training.mixed_precision, else accelerate's (`accelerate launch
-    --mixed_precision bf16` or `accelerate config`, passed on as ACCELERATE_MIXED_PRECISION), as TrainingArguments
-    resolves it."""
-    chosen = config["training"]["mixed_precision"]
-    return chosen if chosen != "no" else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-
-
 def training_arguments(config: dict, experiment: Experiment, **extra) -> TrainingArguments:
-    """TrainingArguments of a run. Records the precision that will actually run (`mixed_precision`) in
-    config["training"], so that the saved config.yaml and training_args.bin say what ran."""
-    t = config["training"]
-    t["mixed_precision"] = mixed_precision(config)
-    report_to = trackers(config)
+    """TrainingArguments of a run in `experiment` (`config.training_arguments`), with the trackers' environment:
+    wandb's project, tags and folder, tensorboard's event files next to metrics.jsonl."""
+    report_to = schema.trackers(config)
     wandb = config["monitoring"]["wandb"]
     if "wandb" in report_to:
         os.environ.setdefault("WANDB_PROJECT", wandb["project"])
@@ -144,25 +116,5 @@ def training_arguments(config: dict, experiment: Experiment, **extra) -> Trainin
         os.environ.setdefault("WANDB_DIR", str(experiment.logs_dir))
     if "tensorboard" in report_to:  # event files next to metrics.jsonl, per experiment (default: checkpoints/runs)
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(experiment.logs_dir / "tensorboard")
-    kwargs = dict(
-        output_dir=str(experiment.checkpoints_dir),
-        per_device_train_batch_size=t["batch_size"],
-        per_device_eval_batch_size=t["eval_batch_size"] or t["batch_size"],
-        gradient_accumulation_steps=t["gradient_accumulation_steps"],
-        learning_rate=t["learning_rate"], weight_decay=t["weight_decay"],
-        adam_beta1=t["adam_beta1"], adam_beta2=t["adam_beta2"], max_grad_norm=t["max_grad_norm"],
-        warmup_steps=t["warmup_steps"], lr_scheduler_type=t["lr_scheduler_type"],
-        num_train_epochs=t["epochs"], max_steps=t["max_steps"] if t["max_steps"] is not None else -1,
-        logging_steps=t["logging_steps"], logging_nan_inf_filter=False,
-        eval_strategy="no", save_strategy="no",  # CheckpointScheduleCallback decides
-        seed=t["seed"], data_seed=t["seed"],
-        bf16=t["mixed_precision"] == "bf16", fp16=t["mixed_precision"] == "fp16",
-        dataloader_num_workers=t["dataloader_num_workers"],  # training.torch_compile: see compile_backbone
-        dataloader_drop_last=True, remove_unused_columns=False, prediction_loss_only=True,
-        report_to=report_to or "none", run_name=experiment.experiment_id,
-        ddp_find_unused_parameters=False, save_only_model=False,
-        # without a GPU, multi-process runs (torchrun / accelerate launch) need accelerate's CPU (gloo) mode
-        use_cpu=not torch.cuda.is_available(),
-    )
-    kwargs.update(extra)
-    return TrainingArguments(**kwargs)
+    fields = {"output_dir": str(experiment.checkpoints_dir), "run_name": experiment.experiment_id, **extra}
+    return schema.training_arguments(config, **fields)

@@ -20,15 +20,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.utils import logging as hf_logging
 
-LEVELS = ("low", "medium", "high")
-LEVEL_BOUNDARIES = (0.3, 0.7)  # mask ratio: [0, 0.3) low, [0.3, 0.7) medium, [0.7, 1] high
-
-
-def corruption_levels(mask_ratio: torch.Tensor) -> torch.LongTensor:
-    """0 / 1 / 2 for low / medium / high corruption."""
-    boundaries = torch.tensor(LEVEL_BOUNDARIES, dtype=mask_ratio.dtype, device=mask_ratio.device)
-    return torch.bucketize(mask_ratio.contiguous(), boundaries, right=True)
-
+from ..schedules import LEVELS
 
 # ---------------------------------------------------------------------------------------------
 # Tier 1: sums on the device, turned into numbers only at logging time

@@ -13,18 +13,19 @@ from transformers.trainer_callback import ProgressCallback
 from ..evaluation.multiple_choice import run_downstream
 from ..evaluation.plots import metric_points, plot_run_losses
 from ..hub import push_to_hub
-from ..runs import Experiment, default_experiment_id, load_checkpoint, missing_resume_state, read_json, resume_point
+from ..runs import (
+    Experiment,
+    best_evaluation,
+    default_experiment_id,
+    load_checkpoint,
+    missing_resume_state,
+    read_json,
+    resume_point,
+)
 from ..text_generation import generate_text
 from .build import build_data, build_model, build_tokenizer, training_arguments
 from .metrics import ConsoleProgressCallback, MetricsJsonlCallback
 from .trainer import CheckpointScheduleCallback, DiffusionTrainer
-
-
-def _best_epoch(state) -> float | None:
-    for record in state.log_history:
-        if record.get("step") == state.best_global_step and "eval_loss" in record:
-            return record.get("epoch")
-    return None
 
 
 def summarize_run(experiment: Experiment, trainer: DiffusionTrainer, train_output, runtime: float,
@@ -34,13 +35,14 @@ def summarize_run(experiment: Experiment, trainer: DiffusionTrainer, train_outpu
     state = trainer.state
     checkpoints = experiment.checkpoints()
     tokens_per_step = trainer.tokens_per_step or 0
+    best, record = best_evaluation(state.log_history, checkpoints) or (None, {})
     return {
         "experiment_id": experiment.experiment_id,
         "training_mode": trainer.model_config.training_mode,
-        "best_checkpoint": state.best_model_checkpoint,
-        "best_eval_loss": state.best_metric,
+        "best_checkpoint": str(best) if best is not None else None,
+        "best_eval_loss": record.get("eval_loss"),
         "eval_tokens": eval_tokens(trainer),
-        "best_epoch": _best_epoch(state),
+        "best_epoch": record.get("epoch"),
         "final_checkpoint": str(checkpoints[-1]) if checkpoints else None,
         "train_tokens": state.global_step * tokens_per_step,
         "epochs": state.epoch,

@@ -27,11 +27,17 @@ from transformers import Trainer, TrainerCallback
 from transformers.dynamic_module_utils import custom_object_save
 
 from ..modeling_tdlm import TDLMPreTrainedModel
-from ..runs import commit_checkpoint, delete_checkpoint, last_good_checkpoint, list_checkpoints, staging_folder
-from ..schedules import diffusion_targets, get_noise_schedule
+from ..runs import (
+    best_evaluation,
+    commit_checkpoint,
+    delete_checkpoint,
+    last_good_checkpoint,
+    list_checkpoints,
+    staging_folder,
+)
+from ..schedules import corruption_levels, diffusion_targets, get_noise_schedule
 from .metrics import (
     attention_metrics,
-    corruption_levels,
     level_gradient_norms,
     level_statistics,
     prediction_metrics,
@@ -308,7 +314,6 @@ class DiffusionTrainer(Trainer):
         if self.args.should_save and staging_root.exists():
             shutil.rmtree(staging_root)
         self.accelerator.wait_for_everyone()
-        best_step = self.state.best_global_step
         output_dir = self.args.output_dir
         self.args.output_dir = str(staging_root)
         try:
@@ -318,8 +323,9 @@ class DiffusionTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             staged = staging_root / f"checkpoint-{step}"
-            if best_step:
-                self.state.best_model_checkpoint = str(run_dir / f"checkpoint-{best_step}")
+            best = best_evaluation(self.state.log_history, [*list_checkpoints(run_dir), final])
+            if best is not None:  # the folder it will have (Trainer recorded the staging folder, or none)
+                self.state.best_model_checkpoint = str(best[0])
                 self.state.save_to_json(str(staged / "trainer_state.json"))
             if (staged / "config.json").is_file():  # a full model (a LoRA run saves only its adapter)
                 self._write_remote_code(staged)
