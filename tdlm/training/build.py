@@ -3,6 +3,7 @@
 import os
 from contextlib import contextmanager
 
+import torch
 from transformers import TrainingArguments
 
 from .. import config as schema
