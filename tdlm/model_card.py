@@ -218,8 +218,14 @@ def collect_scores(results: dict[str, dict], mode: str, eval_data: DataSource | 
     return held_out + list(tasks.values())
 
 
-def eval_results(scores: list[Score], mode: str) -> list[EvalResult]:
-    """The model-index entries: benchmarks under the leaderboards' task type, the held-out score under the model's."""
+def eval_results(results: dict[str, dict], mode: str, eval_data: DataSource | None) -> list[EvalResult]:
+    """The model-index entries of results/ (`collect_scores`)."""
+    return model_index(collect_scores(results, mode, eval_data), mode)
+
+
+def model_index(scores: list[Score], mode: str) -> list[EvalResult]:
+    """The scores the model-index takes: benchmarks under the leaderboards' task type, the held-out score under the
+    model's."""
     return [EvalResult(task_type=PIPELINE_TAGS[mode] if s.task == "held-out likelihood" else BENCHMARK_TASK_TYPE,
                        task_name=s.task, dataset_type=s.dataset[0], dataset_name=s.dataset[1],
                        dataset_config=s.dataset[2], dataset_split=s.dataset[3], metric_type=s.metric,
@@ -317,7 +323,7 @@ def model_card(checkpoint, repo_id: str | None = None, license: str = LICENSE, e
         library_name="transformers", license=license, pipeline_tag=PIPELINE_TAGS[mode], language="en",
         tags=["tdlm", mode, "masked-diffusion" if mode == "diffusion" else "autoregressive-baseline"],
         datasets=datasets or None, base_model=hub_base, model_name=repo_id.split("/")[-1],
-        eval_results=eval_results(scores, mode) or None)
+        eval_results=model_index(scores, mode) or None)
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(
         _body(repo_id, mode, config, results.get("summary", {}), train_data, eval_data, base_model, hub_base,
               scores, raw_config)))
