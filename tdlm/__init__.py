@@ -4,6 +4,7 @@ from .configuration_tdlm import TDLMConfig
 from .generation_tdlm import DiffusionGenerationConfig, DiffusionGenerationMixin, DiffusionGenerationOutput
 from .modeling_tdlm import (
                             MODEL_CLASSES,
+                            TDLMForBlockDiffusion,
                             TDLMForCausalLM,
                             TDLMForMaskedDiffusion,
                             TDLMModel,
@@ -16,5 +17,6 @@ from .tokenization import load_tokenizer, train_bpe_tokenizer
 
 __version__ = "0.1.0"
 __all__ = ["TDLMConfig", "DiffusionGenerationConfig", "DiffusionGenerationMixin", "DiffusionGenerationOutput",
-           "TDLMForCausalLM", "TDLMForMaskedDiffusion", "TDLMModel", "TDLMOutput", "TDLMPreTrainedModel",
+           "TDLMForBlockDiffusion", "TDLMForCausalLM", "TDLMForMaskedDiffusion", "TDLMModel", "TDLMOutput",
+           "TDLMPreTrainedModel",
            "get_noise_schedule", "load_tokenizer", "train_bpe_tokenizer", "MODEL_CLASSES", "model_class_for"]

@@ -85,7 +85,9 @@ SCHEMA = {
     "model": {
         **_from_model_config(("training_mode", "hidden_size", "num_hidden_layers", "num_attention_heads",
                               "intermediate_size")),
-        "max_position_embeddings": (None, (int, None)),  # default: data.block_size
+        "bd_block_size": (None, (int, None)),  # block_diffusion's block length B; must divide data.block_size
+        **_from_model_config(("ar_context_token",)),  # AR: a BOS/EOS context token in front of every block
+        "max_position_embeddings": (None, (int, None)),  # default: data.block_size (+ 1 for AR's context token)
         "vocab_size": (None, (int, None)),  # default: len(tokenizer); larger values pad the embedding
         **_from_model_config(("rope_theta", "attention_dropout", "hidden_dropout", "initializer_range")),
         "tokenizer": (None, (str, None)),  # a folder or Hub name; or use train_bpe
@@ -261,11 +263,18 @@ def _normalise_type(name: str, value, types) -> object:
     return value
 
 
+def default_positions(config: dict) -> int:
+    """max_position_embeddings when model.max_position_embeddings is unset: data.block_size, plus one for AR's
+    context token (model.ar_context_token)."""
+    m = config["model"]
+    return config["data"]["block_size"] + int(m["training_mode"] == "autoregressive" and bool(m["ar_context_token"]))
+
+
 def _model_values(config: dict) -> dict:
     """The TDLMConfig arguments the model and diffusion sections set (vocab_size and the special ids come from the
-    tokenizer); max_position_embeddings defaults to data.block_size."""
+    tokenizer); max_position_embeddings defaults to `default_positions`."""
     values = {k: v for k, v in config["model"].items() if k in _MODEL_ARGUMENTS and k != "vocab_size"}
-    values["max_position_embeddings"] = values["max_position_embeddings"] or config["data"]["block_size"]
+    values["max_position_embeddings"] = values["max_position_embeddings"] or default_positions(config)
     return {**values, **config["diffusion"]}
 
 
@@ -392,8 +401,14 @@ def validate_config(config: dict) -> dict:
         if not m["train_bpe"].get("files"):
             fail("model.train_bpe.files", "list the text files to train the tokenizer on")
     block = get("data.block_size")
-    if m["max_position_embeddings"] is not None and m["max_position_embeddings"] < block:
-        fail("model.max_position_embeddings", f"{m['max_position_embeddings']} is shorter than data.block_size {block}")
+    if m["max_position_embeddings"] is not None and m["max_position_embeddings"] < default_positions(config):
+        fail("model.max_position_embeddings", f"{m['max_position_embeddings']} is shorter than data.block_size {block}"
+                                              + (" + 1 (AR's context token, model.ar_context_token)"
+                                                 if default_positions(config) > block else ""))
+    if m["training_mode"] == "block_diffusion" and block % m["bd_block_size"]:
+        fail("model.bd_block_size", f"{m['bd_block_size']} does not divide data.block_size {block}")
+    if m["training_mode"] != "block_diffusion" and m["bd_block_size"] is not None:
+        fail("model.bd_block_size", f"only training_mode block_diffusion has blocks; unset it for {m['training_mode']}")
     _check_data(config["data"], fail)
     if config["peft"]["enabled"] and config["peft"]["base_model"] is None and m["init_from"] is None:
         fail("peft.base_model", "LoRA needs a pretrained base model folder")

@@ -9,10 +9,12 @@ from transformers import PretrainedConfig
 
 from .schedules import NOISE_SCHEDULES
 
-TRAINING_MODES = ("diffusion", "autoregressive")
+# The one declaration of the objectives: training_mode -> its head class in modeling_tdlm.py (AutoModel of a saved
+# checkpoint points at it; modeling_tdlm.MODEL_CLASSES and tdlm/objectives.py are keyed by it).
+HEAD_CLASSES = {"diffusion": "TDLMForMaskedDiffusion", "autoregressive": "TDLMForCausalLM",
+                "block_diffusion": "TDLMForBlockDiffusion"}
+TRAINING_MODES = tuple(HEAD_CLASSES)
 HEAD_IMPLEMENTATIONS = ("chunked", "triton")  # fused_cross_entropy.py
-# the head class of each objective: AutoModel of a saved checkpoint points at it
-HEAD_CLASSES = {"diffusion": "TDLMForMaskedDiffusion", "autoregressive": "TDLMForCausalLM"}
 GPT2_VOCAB_SIZE = 50257  # GPT-2 BPE; TDLM appends <|mask|> as id 50257
 SPECIAL_TOKEN_IDS = ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id")  # the tokenizer's
 
@@ -39,8 +41,13 @@ class TDLMConfig(PretrainedConfig):
             samplers and data loaders use this as the block length limit).
         rope_theta, rms_norm_eps, attention_dropout, hidden_dropout, initializer_range: as in Llama.
         mask_token_id: id of the absorbing `<|mask|>` state; its logit is always -inf.
-        training_mode: "diffusion" (bidirectional attention, masked-diffusion ELBO) or
-            "autoregressive" (causal attention, next-token loss).
+        training_mode: "diffusion" (bidirectional attention, masked-diffusion ELBO), "autoregressive" (causal
+            attention, next-token loss) or "block_diffusion" (BD3-LM, Arriola et al. 2025: autoregressive over
+            blocks of `bd_block_size` tokens, masked diffusion within a block).
+        bd_block_size: block length B of "block_diffusion" (B = 1 is AR, B = sequence length is diffusion).
+        ar_context_token: "autoregressive" only: every block is trained and scored with a context token (BOS, else
+            EOS) in front, so all L tokens of a block are predicted, as the diffusion objectives score them. True for
+            new models; a saved config without the key (older checkpoints) reads False: L - 1 tokens per block.
         noise_schedule: forward-process schedule a_t ("linear", "cosine", "loglinear").
         single_ratio_per_sequence: one t per sequence (True) or one per token (False).
         min_mask_ratio, max_mask_ratio: range of the masking ratio 1 - a_t drawn during training.
@@ -81,6 +88,8 @@ class TDLMConfig(PretrainedConfig):
         antithetic_sampling: bool = True,
         time_epsilon: float = 1e-3,
         head_implementation: str = "triton",
+        bd_block_size: int | None = None,
+        ar_context_token: bool = True,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -103,6 +112,8 @@ class TDLMConfig(PretrainedConfig):
         self.antithetic_sampling = antithetic_sampling
         self.time_epsilon = time_epsilon
         self.head_implementation = head_implementation
+        self.bd_block_size = bd_block_size
+        self.ar_context_token = ar_context_token
         # Auto classes of the remote code shipped with every checkpoint; AutoModel gives the model that
         # matches the checkpoint's objective.
         kwargs.setdefault("auto_map", {
@@ -122,6 +133,8 @@ class TDLMConfig(PretrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
+        # a checkpoint saved before ar_context_token existed was trained and scored without the context token
+        config_dict = {"ar_context_token": False, **config_dict}
         # from_pretrained(..., field=value) sets overrides after __init__: validate the result again
         result = super().from_dict(config_dict, **kwargs)
         (result[0] if isinstance(result, tuple) else result)._validate()
@@ -145,6 +158,23 @@ class TDLMConfig(PretrainedConfig):
     @property
     def is_diffusion(self) -> bool:
         return self.training_mode == "diffusion"
+
+    @property
+    def causal_attention(self) -> bool:
+        """Causal attention in the backbone (AR); the diffusion heads attend bidirectionally, or pass their own mask."""
+        return self.training_mode == "autoregressive"
+
+    @property
+    def uses_mask_token(self) -> bool:
+        """Both diffusion objectives corrupt with (and sample from) the mask token."""
+        return self.training_mode != "autoregressive"
+
+    @property
+    def context_token_id(self) -> int | None:
+        """The token AR puts in front of every block (BOS, else EOS), or None when this model has none."""
+        if self.training_mode != "autoregressive" or not self.ar_context_token:
+            return None
+        return self.bos_token_id if self.bos_token_id is not None else self.eos_token_id
 
     @classmethod
     def check_values(cls, **values) -> None:
@@ -177,8 +207,18 @@ class TDLMConfig(PretrainedConfig):
             value = getattr(self, field, None)
             if value is not None and not 0 <= value < self.vocab_size:
                 fail(field, f"id {value} is outside the vocabulary [0, {self.vocab_size})")
-        if special_ids and self.is_diffusion and self.mask_token_id is None:
-            fail("mask_token_id", "a diffusion model needs a mask token")
+        if special_ids and self.uses_mask_token and self.mask_token_id is None:
+            fail("mask_token_id", f"a {self.training_mode} model needs a mask token")
+        if self.training_mode == "block_diffusion":
+            size = self.bd_block_size
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= self.max_position_embeddings:
+                fail("bd_block_size", f"block_diffusion needs an integer block size in [1, max_position_embeddings="
+                                      f"{self.max_position_embeddings}], got {size!r}")
+        if not isinstance(self.ar_context_token, bool):
+            fail("ar_context_token", f"must be true or false, got {self.ar_context_token!r}")
+        if (special_ids and self.training_mode == "autoregressive" and self.ar_context_token
+                and self.bos_token_id is None and self.eos_token_id is None):
+            fail("ar_context_token", "needs a bos_token_id or eos_token_id to put in front of each block")
         if not 0.0 <= self.min_mask_ratio < self.max_mask_ratio <= 1.0:
             fail("min_mask_ratio", f"need 0 <= min_mask_ratio < max_mask_ratio <= 1, got "
                                    f"{self.min_mask_ratio} and {self.max_mask_ratio}")

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
+from transformers.dynamic_module_utils import get_relative_imports
 
 from .model_card import LICENSE, model_card
 from .peft_utils import merge_adapter
@@ -29,8 +30,8 @@ MODEL_FILE_PATTERNS = (
     "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
 )
 REMOTE_CODE_FILES = ("configuration_tdlm.py", "modeling_tdlm.py", "generation_tdlm.py", "schedules.py",
-                     "fused_cross_entropy.py")
-REQUIRED_FILES = ("config.json", "tokenizer_config.json") + REMOTE_CODE_FILES
+                     "fused_cross_entropy.py", "block_diffusion_tdlm.py")  # what a checkpoint saved now ships
+REQUIRED_FILES = ("config.json", "tokenizer_config.json", "configuration_tdlm.py", "modeling_tdlm.py")
 DEFAULT_LICENSE = LICENSE
 
 
@@ -40,11 +41,26 @@ DEFAULT_LICENSE = LICENSE
 def model_files(checkpoint: Path) -> list[Path]:
     """The files of a model folder that are published; fails when the folder is not self-sufficient."""
     missing = [name for name in REQUIRED_FILES if not (checkpoint / name).is_file()]
+    missing += [name for name in _sibling_imports(checkpoint) if not (checkpoint / name).is_file()]
     if not any(checkpoint.glob("model*.safetensors")):
         missing.append("model.safetensors")
     if missing:
         raise FileNotFoundError(f"{checkpoint} cannot be published as a self-sufficient model: missing {missing}")
     return sorted({p for pattern in MODEL_FILE_PATTERNS for p in checkpoint.glob(pattern) if p.is_file()})
+
+
+def _sibling_imports(folder: Path) -> list[str]:
+    """The files modeling_tdlm.py imports relatively, recursively (a checkpoint saved before a sibling existed imports
+    fewer): the remote code a folder must hold."""
+    found, todo = [], ["modeling_tdlm.py"]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.append(name)
+        if (folder / name).is_file():
+            todo += [f"{module}.py" for module in get_relative_imports(str(folder / name))]
+    return found
 
 
 def prepare_hub_folder(path, output_dir, repo_id: str | None = None, license: str = DEFAULT_LICENSE) -> Path:

@@ -16,12 +16,11 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from . import generation_tdlm, schedules
 from .evaluation.tasks import resolve_task
+from .objectives import objective_for
 from .runs import Experiment, experiment_of, read_json
 
 LICENSE = "mit"  # the license of this code base (setup.cfg), under which the weights are trained and released
-PIPELINE_TAGS = {"diffusion": "fill-mask", "autoregressive": "text-generation"}
 _SECRET_KEY = re.compile(r"token|secret|password|api_key|apikey", re.IGNORECASE)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -142,7 +141,7 @@ def _held_out(result: dict, mode: str) -> tuple[float, int | None] | None:
     """(loss per token, tokens) of a results file: summary's best_eval_loss, an eval-only run's eval_loss, or
     tdlm-evaluate's likelihood section."""
     likelihood = result.get("likelihood") or {}
-    for value, tokens in ((likelihood.get("nelbo" if mode == "diffusion" else "nll"), likelihood.get("num_tokens")),
+    for value, tokens in ((likelihood.get(objective_for(mode).held_out_metric[0]), likelihood.get("num_tokens")),
                           (result.get("eval_loss"), result.get("eval_tokens")),
                           (result.get("best_eval_loss"), result.get("eval_tokens"))):
         if isinstance(value, (int, float)):
@@ -196,8 +195,7 @@ def collect_scores(results: dict[str, dict], mode: str, eval_data: DataSource | 
     """Every score in results/, each with what it was computed on. The model-index takes the run's own held-out
     score (tdlm-evaluate's only when the run has none) and downstream scores of whole tasks; `--limit` runs and
     scores without a document count stay out of it (leaderboards read the model-index as full results)."""
-    metric, metric_name = (("nelbo", "held-out NELBO (nats/token, upper bound on the NLL)") if mode == "diffusion"
-                           else ("nll", "held-out NLL (nats/token)"))
+    metric, metric_name = objective_for(mode).held_out_metric
     held_out, tasks = [], {}
     for stem, result in results.items():
         loss = _held_out(result, mode)
@@ -226,7 +224,8 @@ def eval_results(results: dict[str, dict], mode: str, eval_data: DataSource | No
 def model_index(scores: list[Score], mode: str) -> list[EvalResult]:
     """The scores the model-index takes: benchmarks under the leaderboards' task type, the held-out score under the
     model's."""
-    return [EvalResult(task_type=PIPELINE_TAGS[mode] if s.task == "held-out likelihood" else BENCHMARK_TASK_TYPE,
+    held_out_type = objective_for(mode).pipeline_tag
+    return [EvalResult(task_type=held_out_type if s.task == "held-out likelihood" else BENCHMARK_TASK_TYPE,
                        task_name=s.task, dataset_type=s.dataset[0], dataset_name=s.dataset[1],
                        dataset_config=s.dataset[2], dataset_split=s.dataset[3], metric_type=s.metric,
                        metric_name=s.metric_name, metric_value=s.value)
@@ -245,52 +244,9 @@ def _results_table(scores: list[Score]) -> str:
             + "\n".join(rows) + note)
 
 
-def _shipped(registry: dict, module) -> str:
-    """The names in a registry whose function ships with the weights (rules registered from outside the package
-    exist only in the process that registered them)."""
-    return ", ".join(f'"{name}"' for name, function in registry.items() if function.__module__ == module.__name__)
-
-
 def usage_snippet(repo_id: str, training_mode: str) -> str:
     """Copy-paste Python for loading and sampling the published model."""
-    if training_mode == "diffusion":
-        step_schedules = _shipped(schedules.STEP_SCHEDULES, schedules)
-        remasking = _shipped(generation_tdlm.REMASKING_RULES, generation_tdlm)
-        return f'''```python
-import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
-model = AutoModelForMaskedLM.from_pretrained("{repo_id}", trust_remote_code=True).eval()
-
-# continue a prompt: 32 masked positions are filled in by iterative unmasking
-prompt = tokenizer("The history of the city", return_tensors="pt")
-out = model.diffusion_generate(**prompt, max_new_tokens=32, num_steps=32)
-print(tokenizer.decode(out[0], skip_special_tokens=True))
-
-# unconditional samples; sampling options default to generation_config.json
-out = model.diffusion_generate(max_new_tokens=32, num_return_sequences=2, num_steps=16, temperature=1.0,
-                               top_k=50, generator=torch.Generator().manual_seed(0))
-print(tokenizer.batch_decode(out, skip_special_tokens=True))
-```
-
-Or score a single masked position: `pipeline("fill-mask", model="{repo_id}", trust_remote_code=True)`.
-Options of `diffusion_generate`: `num_steps`, `step_schedule` ({step_schedules}), `remasking`
-({remasking}), `temperature`, `top_k`, `top_p`, `block_length`,
-`confidence_threshold`, `stop_at_eos`. Infilling: put `tokenizer.mask_token_id` wherever text is wanted.'''
-    return f'''```python
-from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
-model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True).eval()
-prompt = tokenizer("The history of the city", return_tensors="pt")
-out = model.generate(**prompt, max_new_tokens=32, do_sample=True, top_p=0.9)
-print(tokenizer.decode(out[0], skip_special_tokens=True))
-
-# or through a pipeline
-generator = pipeline("text-generation", model="{repo_id}", trust_remote_code=True)
-print(generator("The history of the city", max_new_tokens=32)[0]["generated_text"])
-```'''
+    return objective_for(training_mode).usage(repo_id)
 
 
 INTENDED_USE = """A research artifact: study masked diffusion against autoregression at small scale (likelihood bounds,
@@ -320,8 +276,8 @@ def model_card(checkpoint, repo_id: str | None = None, license: str = LICENSE, e
     scores = collect_scores(results, mode, eval_data)
     datasets = sorted({s.hub_id for s in (train_data, eval_data) if s and _HUB_ID.match(s.hub_id)})
     metadata = ModelCardData(
-        library_name="transformers", license=license, pipeline_tag=PIPELINE_TAGS[mode], language="en",
-        tags=["tdlm", mode, "masked-diffusion" if mode == "diffusion" else "autoregressive-baseline"],
+        library_name="transformers", license=license, pipeline_tag=objective_for(mode).pipeline_tag, language="en",
+        tags=["tdlm", mode, objective_for(mode).card_tag],
         datasets=datasets or None, base_model=hub_base, model_name=repo_id.split("/")[-1],
         eval_results=model_index(scores, mode) or None)
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(
@@ -330,11 +286,7 @@ def model_card(checkpoint, repo_id: str | None = None, license: str = LICENSE, e
 
 
 def _body(repo_id, mode, config, summary, train_data, eval_data, base_model, hub_base, scores, raw_config):
-    objective = ("a masked (absorbing-state) discrete diffusion language model: bidirectional attention, "
-                 "trained on the weighted masked-token ELBO (MDLM), sampled by iterative unmasking (LLaDA)"
-                 if mode == "diffusion" else
-                 "the autoregressive baseline of TDLM: the same backbone with causal attention, trained on "
-                 "next-token prediction, sampled with the standard `generate()`")
+    objective = objective_for(mode).summary
     shape = ", ".join(f"{key} {config[key]}" for key in ("vocab_size", "hidden_size", "num_hidden_layers",
                                                          "num_attention_heads", "intermediate_size",
                                                          "max_position_embeddings") if key in config)
@@ -345,8 +297,7 @@ def _body(repo_id, mode, config, summary, train_data, eval_data, base_model, hub
              f"- training mode: `{mode}`", f"- shape: {shape}"]
     if summary.get("num_parameters"):
         lines.append(f"- parameters: {summary['num_parameters']:,}")
-    if mode == "diffusion":
-        lines.append(f"- noise schedule: `{config.get('noise_schedule')}`, mask token id {config.get('mask_token_id')}")
+    lines += objective_for(mode).card_lines(config)
     if summary.get("train_tokens"):
         lines.append(f"- training tokens: {summary['train_tokens']:,} ({summary.get('epochs') or 0:.2f} epochs)")
     if train_data:

@@ -1,7 +1,8 @@
-"""TDLM: a Llama-style backbone (RoPE, SwiGLU, RMSNorm, no biases, tied embeddings) with two heads.
+"""TDLM: a Llama-style backbone (RoPE, SwiGLU, RMSNorm, no biases, tied embeddings) with three heads.
 
 - `TDLMForMaskedDiffusion`: bidirectional attention, predicts x_0 at masked positions (never the mask token).
 - `TDLMForCausalLM`: the same backbone with causal attention; the autoregressive baseline, stock `generate()`.
+- `TDLMForBlockDiffusion`: BD3-LM, AR over blocks and masked diffusion within one (block_diffusion_tdlm.py).
 
 Shipped as remote code next to the weights: imports only torch, transformers and relative siblings
 (fused_cross_entropy.py imports Triton when it is installed).
@@ -19,7 +20,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .configuration_tdlm import TDLMConfig
+from .block_diffusion_tdlm import BlockDiffusionGenerationMixin, block_causal_mask, training_mask
+from .configuration_tdlm import HEAD_CLASSES, TDLMConfig
 from .fused_cross_entropy import HEAD_CHUNK_SIZE, linear_cross_entropy
 from .generation_tdlm import DiffusionGenerationConfig, DiffusionGenerationMixin, check_token_ids
 
@@ -119,7 +121,7 @@ class TDLMAttention(nn.Module):
         self.head_dim = config.head_dim
         self.num_heads = config.num_attention_heads
         self.scaling = 1.0 / math.sqrt(self.head_dim)  # sdpa's own default, bit for bit
-        self.is_causal = not config.is_diffusion
+        self.is_causal = config.causal_attention
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -193,7 +195,8 @@ class TDLMPreTrainedModel(PreTrainedModel):
 
 
 class TDLMModel(TDLMPreTrainedModel):
-    """The backbone: embeddings, decoder layers, final norm. Attention is causal iff training_mode is AR."""
+    """The backbone: embeddings, decoder layers, final norm. Attention is causal iff training_mode is AR; a head may
+    pass its own boolean [B, 1, Lq, Lk] `attention_mask` instead (block diffusion)."""
 
     def __init__(self, config: TDLMConfig):
         super().__init__(config)
@@ -228,14 +231,20 @@ class TDLMModel(TDLMPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         batch, length, _ = inputs_embeds.shape
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(f"attention_mask must have shape [batch, seq_len], got {tuple(attention_mask.shape)}")
-        causal = not self.config.is_diffusion
+        full_mask = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.dtype == torch.bool
+        if attention_mask is not None and attention_mask.dim() != 2 and not full_mask:
+            raise ValueError(f"attention_mask must have shape [batch, seq_len] (or be a boolean [batch, 1, q, k] "
+                             f"mask), got {tuple(attention_mask.shape)}")
+        causal = self.config.causal_attention
         if use_cache and cache is None:
             if not causal:
                 raise ValueError("a KV cache is only meaningful for the causal (autoregressive) model")
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
+        if full_mask:
+            if position_ids is None:
+                position_ids = torch.arange(past, past + length, device=inputs_embeds.device).unsqueeze(0)
+            attention_mask, mask = None, attention_mask
         if attention_mask is not None and attention_mask.shape[-1] != past + length:
             raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, but the input has "
                              f"{past} cached + {length} new tokens")
@@ -245,7 +254,8 @@ class TDLMModel(TDLMPreTrainedModel):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             else:
                 position_ids = torch.arange(past, past + length, device=inputs_embeds.device).unsqueeze(0)
-        mask = self._attention_mask(attention_mask, batch, length, past, causal, inputs_embeds.device)
+        if not full_mask:
+            mask = self._attention_mask(attention_mask, batch, length, past, causal, inputs_embeds.device)
 
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden_states = inputs_embeds
@@ -345,11 +355,12 @@ class _TDLMHeadModel(TDLMPreTrainedModel):
     """Backbone + tied LM head shared by the diffusion and causal models."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-    expected_training_mode = None
 
     def __init__(self, config: TDLMConfig):
-        if config.training_mode != self.expected_training_mode:
-            raise ValueError(f"{type(self).__name__} needs config.training_mode={self.expected_training_mode!r}, "
+        expected = HEAD_CLASSES.get(config.training_mode)
+        if expected not in {cls.__name__ for cls in type(self).__mro__}:
+            modes = [mode for mode, name in HEAD_CLASSES.items() if name in {c.__name__ for c in type(self).__mro__}]
+            raise ValueError(f"{type(self).__name__} needs config.training_mode={modes[0]!r}, "
                              f"got {config.training_mode!r}")
         super().__init__(config)
         self.model = TDLMModel(config)
@@ -383,8 +394,6 @@ class TDLMForMaskedDiffusion(_TDLMHeadModel, DiffusionGenerationMixin):
     """Bidirectional masked-diffusion LM. Given x_t, predicts x_0 at every position; the mask token's
     logit is -inf. With `labels` (x_0 at masked positions, -100 elsewhere) and `loss_weights` (the ELBO
     weight per position) it returns the NELBO term without computing logits for unsupervised positions."""
-
-    expected_training_mode = "diffusion"
 
     def __init__(self, config: TDLMConfig):
         super().__init__(config)
@@ -426,8 +435,6 @@ class TDLMCausalLMOutput(CausalLMOutputWithPast):
 
 class TDLMForCausalLM(_TDLMHeadModel, GenerationMixin):
     """Causal LM on the same backbone: next-token loss, KV cache, stock `generate()`."""
-
-    expected_training_mode = "autoregressive"
 
     @staticmethod
     def prediction_targets(labels: torch.LongTensor) -> torch.LongTensor:
@@ -480,12 +487,72 @@ class TDLMForCausalLM(_TDLMHeadModel, GenerationMixin):
         return super().generate(inputs, generation_config, **kwargs)
 
 
+class TDLMForBlockDiffusion(_TDLMHeadModel, BlockDiffusionGenerationMixin):
+    """Block diffusion (BD3-LM): AR over blocks of `config.bd_block_size` tokens, masked diffusion within a block.
+
+    Training / scoring: `input_ids` is x_t and `clean_input_ids` x_0; one forward runs over x_t (+) x_0 under
+    `block_diffusion_tdlm.training_mask` (both halves at positions 0..L-1) and the loss is read at x_t's masked
+    positions (`labels`, `loss_weights` as for `TDLMForMaskedDiffusion`). Without `clean_input_ids` the input is
+    one sequence under the block-causal mask (clean blocks, then the block being denoised), or, with `cache` (a
+    `BlockPrefixCache`), one block after the cached ones. Sampling: `diffusion_generate`, block by block.
+    """
+
+    def __init__(self, config: TDLMConfig):
+        super().__init__(config)
+        self.generation_config = DiffusionGenerationConfig(
+            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+            max_length=config.max_position_embeddings)
+
+    def forward(
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+        clean_input_ids: torch.LongTensor | None = None, labels: torch.LongTensor | None = None,
+        loss_weights: torch.Tensor | None = None, num_items_in_batch: torch.Tensor | int | None = None,
+        cache=None, return_logits: bool | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs,
+    ) -> TDLMOutput | tuple:
+        padding = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        reference = input_ids if input_ids is not None else inputs_embeds
+        length = reference.shape[1]
+        if clean_input_ids is not None:
+            if clean_input_ids.shape != reference.shape[:2]:
+                raise ValueError(f"clean_input_ids shape {tuple(clean_input_ids.shape)} does not match the input's "
+                                 f"{tuple(reference.shape[:2])}")
+            if inputs_embeds is not None:
+                inputs_embeds = torch.cat([inputs_embeds, self.model.embed_tokens(clean_input_ids)], dim=1)
+            else:
+                input_ids = torch.cat([input_ids, clean_input_ids], dim=1)
+            if position_ids is None:
+                position_ids = torch.arange(length, device=reference.device)[None]
+            position_ids = position_ids.repeat(1, 2)  # x_t and x_0 share positions
+            attention_mask = training_mask(length, self.config.bd_block_size, reference.device, padding)
+        elif cache is None and (attention_mask is None or padding is not None):
+            attention_mask = block_causal_mask(length, self.config.bd_block_size, reference.device, padding)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             inputs_embeds=inputs_embeds, cache=cache, output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states, return_dict=True)
+        hidden = outputs.last_hidden_state[:, :length]  # x_t's half: the loss and logits are read there
+        loss = token_losses = predictions = logits = None
+        if labels is not None:
+            loss, token_losses, predictions = self._supervised(hidden, labels, loss_weights, num_items_in_batch)
+        if labels is None or return_logits:
+            logits = self._logits(hidden)
+        output = TDLMOutput(loss=loss, logits=logits, token_losses=token_losses, token_predictions=predictions,
+                            hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return _as_requested(output, return_dict, self.config)
+
+    def generate(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} is a block-diffusion model: sample with "
+                        f"model.diffusion_generate(...), not generate()")
+
+
 # save_pretrained copies these files (and their relative imports) next to the weights
 TDLMConfig.register_for_auto_class()
 TDLMForMaskedDiffusion.register_for_auto_class("AutoModelForMaskedLM")
 TDLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+TDLMForBlockDiffusion.register_for_auto_class("AutoModel")  # no task-specific Auto class fits block diffusion
 
-MODEL_CLASSES = {"diffusion": TDLMForMaskedDiffusion, "autoregressive": TDLMForCausalLM}
+MODEL_CLASSES = {mode: globals()[name] for mode, name in HEAD_CLASSES.items()}
 
 
 def model_class_for(config: TDLMConfig):
@@ -493,5 +560,6 @@ def model_class_for(config: TDLMConfig):
     return MODEL_CLASSES[config.training_mode]
 
 
-__all__ = ["TDLMPreTrainedModel", "TDLMModel", "TDLMForMaskedDiffusion", "TDLMForCausalLM", "TDLMOutput",
+__all__ = ["TDLMPreTrainedModel", "TDLMModel", "TDLMForMaskedDiffusion", "TDLMForCausalLM", "TDLMForBlockDiffusion",
+           "TDLMOutput",
            "MODEL_CLASSES", "model_class_for"]

@@ -16,10 +16,12 @@ The training YAML's `peft` section drives `apply_lora`:
 import os
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from .config import SCHEMA
 from .model_card import is_local_path
+from .objectives import objective_for
 from .runs import final_location, pretrained_source
 
 PEFT_DEFAULTS = {key: default for key, (default, _) in SCHEMA["peft"].items()}
@@ -66,11 +68,11 @@ def apply_lora(model, peft_section: dict):
                if not any(module_name.split(".")[-1] == name for module_name, _ in model.named_modules())]
     if missing:
         raise ValueError(f"peft.target_modules {missing} match no module of {type(model).__name__}")
-    is_causal = not model.config.is_diffusion
+    task_type = objective_for(model.config).peft_task_type
     lora_config = LoraConfig(
         r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
         target_modules=list(settings["target_modules"]), bias="none",
-        task_type=TaskType.CAUSAL_LM if is_causal else None,
+        task_type=getattr(TaskType, task_type) if task_type else None,
     )
     peft_model = get_peft_model(model, lora_config)
     # PEFT saves the base's class module (tdlm.modeling_tdlm) as adapter_config.json's `auto_mapping`, which
@@ -149,11 +151,12 @@ def load_merged(adapter_dir, dtype=None, base_model: str | None = None):
 
     adapter_dir = Path(adapter_dir)
     base = adapter_base(adapter_dir, base_model)
-    # not AutoModel: with remote code it registers the first head class it loads for the config class, so a second
-    # checkpoint of the other objective in the same process would get the wrong head
+    # the head class named by the base's own auto_map, not AutoModel: with remote code AutoModel registers the first
+    # head class it loads for the config class, so a second checkpoint of another objective in the same process
+    # would get the wrong head
     config = AutoConfig.from_pretrained(base, trust_remote_code=True)
-    auto_class = AutoModelForMaskedLM if config.is_diffusion else AutoModelForCausalLM
-    model = auto_class.from_pretrained(base, trust_remote_code=True, **({"dtype": dtype} if dtype else {}))
+    head_class = get_class_from_dynamic_module(config.auto_map[objective_for(config).auto_class], base)
+    model = head_class.from_pretrained(base, **({"dtype": dtype} if dtype else {}))
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     tokenizer_source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
     return merged, AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=True)

@@ -215,6 +215,36 @@ def diffusion_targets(
     }
 
 
+def block_diffusion_targets(
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None,
+    schedule: NoiseSchedule,
+    mask_token_id: int,
+    block_size: int,
+    single_ratio_per_sequence: bool = True,
+    min_mask_ratio: float = 0.0,
+    max_mask_ratio: float = 1.0,
+    time_epsilon: float = 1e-3,
+    antithetic: bool = False,
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """`diffusion_targets` with one t per block of `block_size` tokens (BD3-LM; `single_ratio_per_sequence` False: one
+    per token): `t` is [B, number of blocks] (given or drawn), each block's tokens are masked with its own ratio and
+    weighted by its own w(t); [min_mask_ratio, max_mask_ratio] is BD3-LM's clipped range. With one block (block_size
+    >= L) this draws exactly what `diffusion_targets` draws with one ratio per sequence. The returned `t` is per token
+    ([B, L]) when there are several blocks."""
+    batch, length = input_ids.shape
+    num_blocks = -(-length // block_size)
+    if t is None:
+        shape = (batch, num_blocks) if single_ratio_per_sequence else (batch, length)
+        t = sample_times(shape, schedule, min_mask_ratio, max_mask_ratio, time_epsilon, antithetic,
+                         generator=generator, device=input_ids.device)
+    if t.shape[-1] == num_blocks and num_blocks > 1:
+        t = t.repeat_interleave(block_size, dim=-1)[:, :length]
+    return diffusion_targets(input_ids, attention_mask, schedule, mask_token_id, generator=generator, t=t)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reverse process: how many tokens each sampling step commits
 # ---------------------------------------------------------------------------------------------

@@ -105,5 +105,5 @@ def check_tokenizer_matches(tokenizer, config) -> None:
     """Fail at start, not mid-run, when a tokenizer cannot drive a model."""
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}")
-    if config.training_mode == "diffusion" and tokenizer.mask_token_id != config.mask_token_id:
+    if config.uses_mask_token and tokenizer.mask_token_id != config.mask_token_id:
         raise ValueError(f"tokenizer mask id {tokenizer.mask_token_id} != model mask_token_id {config.mask_token_id}")

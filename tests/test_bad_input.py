@@ -179,7 +179,7 @@ GENERATE_CASES = [  # (argv, exit code, words)
     (["--model", "{ar}", "--num-steps", "4"], 2, ["autoregressive", "diffusion models only"]),
     (["--model", "{ar}", "--temperature", "-1"], 2, ["--temperature", ">= 0"]),
     (["--model", "{ar}", "--top-p", "2"], 2, ["--top-p", "(0, 1]"]),
-    (["--model", "{ar}", "--max-new-tokens", "100"], 1, ["max_position_embeddings=16"]),
+    (["--model", "{ar}", "--max-new-tokens", "100"], 1, ["max_position_embeddings=17"]),  # block 16 + context token
     (["--model", "{dd}", "--prompt", "The game", "--num-steps", "4"], 0, []),  # the README's command, fitted
     (["--model", "{ar}", "--prompt", "The game"], 0, []),
 ]
@@ -287,8 +287,8 @@ API_CASES = [
     ("negative id", _sample(input_ids=torch.tensor([[-1, 5]])), ValueError, ["input_ids", "vocab_size"]),
     ("float ids", _sample(input_ids=torch.tensor([[1.0, 2.0]])), ValueError, ["input_ids", "dtype"]),
     ("diffusion generate()", lambda p: _dd(p)[0].generate(torch.tensor([[5]])), TypeError, ["diffusion_generate"]),
-    ("AR past positions", _ar_generate([[5, 6]], max_new_tokens=100), ValueError, ["max_position_embeddings=16"]),
-    ("AR max_length", _ar_generate([[5, 6]], max_length=40), ValueError, ["max_position_embeddings=16"]),
+    ("AR past positions", _ar_generate([[5, 6]], max_new_tokens=100), ValueError, ["max_position_embeddings=17"]),
+    ("AR max_length", _ar_generate([[5, 6]], max_length=40), ValueError, ["max_position_embeddings=17"]),
     ("AR id >= vocab", _ar_generate([[10**6]], max_new_tokens=2), ValueError, ["input_ids", "vocab_size"]),
     ("AR max_new_tokens 0", _ar_generate([[5]], max_new_tokens=0), ValueError, ["max_new_tokens", ">= 1"]),
     ("prompt too long", lambda p: generate_text(*_dd(p), ["the " * 40]), ValueError, ["prompt has"]),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tdlm.evaluation.comparison import compare_experiments
 from tdlm.evaluation.heatmaps import NoGradientMetricsError, generate_heatmaps, gradient_table, load_run_metrics
 from tdlm.runs import Experiment
 
@@ -58,6 +59,7 @@ def experiments(tmp_path_factory):
     eval_file.write_text("The cat sat on the mat and looked at the dog across the room.\n" * 30)
     make_experiment(root, "dd_run", "diffusion", eval_file, with_summary=True)
     make_experiment(root, "ar_run", "autoregressive", eval_file, with_summary=False)
+    make_experiment(root, "bd_run", "block_diffusion", eval_file, with_summary=False)
     return root
 
 
@@ -120,3 +122,13 @@ def test_gradient_heatmaps_clear_error_for_ar_run(experiments, tmp_path):
     assert exit_info.value.code == 2
     with pytest.raises(FileNotFoundError, match="not an experiment folder"):
         load_run_metrics("no_such_run", experiments)
+
+
+def test_block_diffusion_compares_with_ar_on_the_same_tokens(experiments):
+    comparison = compare_experiments("bd_run", "ar_run", str(experiments), max_batches=1, batch_size=2,
+                                     nelbo_samples=2, sampling_tokens=4)
+    bd, ar = comparison["diffusion"], comparison["autoregressive"]
+    assert bd["training_mode"] == "block_diffusion" and bd["likelihood"]["standard_error"] > 0
+    assert bd["likelihood"]["num_tokens"] == ar["likelihood"]["num_tokens"] == 2 * 32  # all L tokens of each block
+    with pytest.raises(ValueError, match="--ar bd_run: best checkpoint has training_mode='block_diffusion'"):
+        compare_experiments("dd_run", "bd_run", str(experiments), max_batches=1, batch_size=2, nelbo_samples=2)

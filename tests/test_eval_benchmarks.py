@@ -19,6 +19,7 @@ def save_tiny(folder, mode, max_positions=256):
     torch.manual_seed(0)
     config = TDLMConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=max_positions, training_mode=mode,
+                        bd_block_size=8 if mode == "block_diffusion" else None,
                         **config_kwargs_for_tokenizer(tokenizer))
     model = model_class_for(config)(config).eval()
     model.save_pretrained(folder)

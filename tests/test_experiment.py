@@ -11,7 +11,8 @@ from tdlm.generation_tdlm import DiffusionGenerationConfig
 from tdlm.runs import Experiment, list_checkpoints, resume_point
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ["example_config", "quick_test", "quick_test_ar", "wikitext2_offline"]
+SHIPPED = ["example_config", "quick_test", "quick_test_ar", "quick_test_bd", "wikitext2_offline"]
+MODES = {"_ar": "autoregressive", "_bd": "block_diffusion"}
 BASE = ["model.tokenizer=gpt2", "data.train_files=x.txt"]
 
 
@@ -19,7 +20,7 @@ BASE = ["model.tokenizer=gpt2", "data.train_files=x.txt"]
 def test_shipped_configs_validate(name):
     config = load_config(REPO / "configs" / f"{name}.yaml")
     assert config["data"]["block_size"] >= 16
-    assert config["model"]["training_mode"] == ("autoregressive" if name.endswith("_ar") else "diffusion")
+    assert config["model"]["training_mode"] == MODES.get(name[-3:], "diffusion")
 
 
 def test_example_config_is_the_7m_gpu_recipe():

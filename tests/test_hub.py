@@ -134,8 +134,8 @@ def test_model_card_parses_with_huggingface_hub_and_has_no_secrets_or_local_path
 # Push: upload set, reload without tdlm, sampling
 # ---------------------------------------------------------------------------------------------
 EXPECTED_FILES = {"model.safetensors", "config.json", "generation_config.json", "configuration_tdlm.py",
-                  "modeling_tdlm.py", "generation_tdlm.py", "schedules.py", "fused_cross_entropy.py", "tokenizer.json",
-                  "tokenizer_config.json", "README.md"}
+                  "modeling_tdlm.py", "generation_tdlm.py", "schedules.py", "fused_cross_entropy.py",
+                  "block_diffusion_tdlm.py", "tokenizer.json", "tokenizer_config.json", "README.md"}
 
 
 def test_push_diffusion_experiment_uploads_a_loadable_model(tmp_path, fake_hub):

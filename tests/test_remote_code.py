@@ -20,7 +20,7 @@ from tdlm.tokenization import config_kwargs_for_tokenizer, load_tokenizer
 
 GPT2_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
 REMOTE_FILES = {"configuration_tdlm.py", "modeling_tdlm.py", "generation_tdlm.py", "schedules.py",
-                "fused_cross_entropy.py"}
+                "fused_cross_entropy.py", "block_diffusion_tdlm.py"}
 TEXTS = ["Hello world", "The quick brown fox jumps over the lazy dog."]
 
 CHILD = NO_TDLM_PRELUDE + r'''

@@ -22,7 +22,9 @@ def main(argv=None):
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--modes", default="autoregressive,diffusion")
+    parser.add_argument("--modes", default="autoregressive,diffusion",
+                        help="objectives, comma-separated: autoregressive, diffusion, block_diffusion (blocks of "
+                             "model.bd_block_size, default 16; its sampling rows run with and without the KV cache)")
     parser.add_argument("--compile", default="false",
                         help="torch.compile variants of the backbone to time: false, true (default mode) or a mode "
                              "name, comma-separated, e.g. false,true,reduce-overhead (CUDA graphs)")

@@ -15,7 +15,8 @@ def main(argv=None):
     from ..evaluation.comparison import compare_experiments, format_table, save_comparison
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dd", required=True, help="diffusion experiment id (under --experiments-dir) or folder")
+    parser.add_argument("--dd", required=True,
+                        help="diffusion (masked or block) experiment id (under --experiments-dir) or folder")
     parser.add_argument("--ar", required=True, help="autoregressive experiment id or folder")
     parser.add_argument("--experiments-dir", default="experiments")
     parser.add_argument("--eval-file", default=None, help="default: the dd experiment's data.eval_files")

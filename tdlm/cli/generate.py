@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from ..generation_tdlm import REMASKING_RULES
+from ..objectives import objective_for
 from ..runs import load_checkpoint
 from ..schedules import STEP_SCHEDULES
 from ..text_generation import generate_text, infill_text
@@ -55,7 +56,8 @@ def main(argv=None):
     model, tokenizer = load_checkpoint(args.model, args.device)
     options = {k: v for k, v in vars(args).items()
                if k in DIFFUSION_OPTIONS + ("temperature", "top_k", "top_p") and v is not None}
-    if model.config.is_diffusion:
+    objective = objective_for(model.config)
+    if objective.corrupts:
         if args.stop_at_eos:
             options["stop_at_eos"] = True
     else:
@@ -64,16 +66,16 @@ def main(argv=None):
             parser.error(f"{args.model} is an autoregressive checkpoint; {ignored} apply to diffusion models only")
     if args.infill is not None:
         if not model.config.is_diffusion:
-            parser.error(f"{args.model} is an autoregressive checkpoint; --infill needs a diffusion model")
+            parser.error(f"{args.model} is a {model.config.training_mode} checkpoint; --infill needs a (masked) "
+                         f"diffusion model")
         texts = infill_text(model, tokenizer, args.infill, args.mask_placeholder, args.num_samples, args.seed,
                             show_progress=not args.quiet, **options)
     else:
         prompts = args.prompt if args.prompt is not None else [""]
         texts = generate_text(model, tokenizer, prompts, args.max_new_tokens, args.num_samples, args.seed,
                               show_progress=not args.quiet, **options)
-    sampler = "diffusion_generate" if model.config.is_diffusion else "generate (KV cache)"
     for i, text in enumerate(texts):
-        print(f"--- sample {i} ({model.config.training_mode}, {sampler}) ---")
+        print(f"--- sample {i} ({model.config.training_mode}, {objective.sampler}) ---")
         print(text)
 
 

@@ -1,4 +1,4 @@
-"""Side-by-side comparison of a diffusion and an AR experiment on the same eval data and tasks.
+"""Side-by-side comparison of a diffusion (masked or block) and an AR experiment on the same eval data and tasks.
 
 Each experiment's best checkpoint is evaluated with its own tokenizer on the diffusion experiment's eval data
 (`data` section of configs/config.yaml, or an explicit file): exact NLL for AR, NELBO (an upper bound) with
@@ -34,6 +34,9 @@ def evaluate_experiment(experiment, experiments_dir="experiments", data_config=N
     return result
 
 
+ROLES = {"diffusion": ("diffusion", "block_diffusion"), "autoregressive": ("autoregressive",)}  # training modes
+
+
 def compare_experiments(dd, ar, experiments_dir="experiments", eval_file=None, tasks=(), limit=None,
                         max_batches=None, batch_size=16, mc_num=32, nelbo_samples=16, seed=0,
                         sampling_tokens=64, device=None) -> dict:
@@ -44,9 +47,9 @@ def compare_experiments(dd, ar, experiments_dir="experiments", eval_file=None, t
         runs[role] = evaluate_experiment(experiment, experiments_dir, data_config, eval_file, tasks, limit, max_blocks,
                                          mc_num, nelbo_samples, seed, data_config.get("block_size"), sampling_tokens,
                                          device)
-        if runs[role]["training_mode"] != role:
+        if runs[role]["training_mode"] not in ROLES[role]:
             raise ValueError(f"--{'dd' if role == 'diffusion' else 'ar'} {experiment}: best checkpoint has "
-                             f"training_mode={runs[role]['training_mode']!r}, expected {role!r}")
+                             f"training_mode={runs[role]['training_mode']!r}, expected one of {ROLES[role]}")
     same_tokenizer = runs["diffusion"].pop("tokenizer_vocab") == runs["autoregressive"].pop("tokenizer_vocab")
     return {"diffusion": runs["diffusion"], "autoregressive": runs["autoregressive"],
             "same_tokenizer": same_tokenizer, "eval_data": eval_file or data_config.get("eval_files")

@@ -1,8 +1,13 @@
-"""Likelihoods of text under TDLM checkpoints, on the same footing for both objectives.
+"""Likelihoods of text under TDLM checkpoints, on the same footing for every objective.
 
-* AR (`training_mode="autoregressive"`): exact per-token NLL. An eval stream of token ids is cut into
-  non-overlapping blocks of `block_size` tokens; inside a block every token but the first is predicted from
-  the tokens before it in that block (the first token of a block has no context and is not scored).
+Scoring convention: an eval stream of token ids is cut into non-overlapping blocks of L tokens, and every objective
+scores all L tokens of each block (the objective classes in tdlm/objectives.py pick the estimator).
+* AR (`training_mode="autoregressive"`): exact per-token NLL; the model's context token (BOS, else EOS;
+  `config.ar_context_token`) goes in front of each block, so the block's first token is predicted from it. A
+  checkpoint saved before that convention (ar_context_token False) scores L - 1 tokens per block, as it was trained;
+  `num_tokens` says which.
+* Block diffusion: the same NELBO with one t per block of B tokens, each block scored given the clean blocks
+  before it (one forward over x_t (+) x_0).
 * Diffusion: the continuous-time NELBO, an *upper bound* on the NLL in expectation, estimated by Monte Carlo
   over t with `num_samples` stratified (antithetic) times per block and a fixed seed. The masks and ELBO
   weights come from `tdlm.schedules.diffusion_targets`. The reported standard error uses the iid formula over
@@ -27,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..schedules import diffusion_targets, get_noise_schedule, sample_times
+from ..schedules import block_diffusion_targets, get_noise_schedule, sample_times
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +44,25 @@ def _progress(iterable, desc, total=None, disable=False):
 # ---------------------------------------------------------------------------------------------
 # AR: exact NLL
 # ---------------------------------------------------------------------------------------------
+def with_context(blocks: torch.LongTensor, token_id: int | None) -> torch.LongTensor:
+    """[N, L] -> [N, L + 1] with `token_id` in front (an AR model then predicts all L tokens); unchanged for None."""
+    if token_id is None:
+        return blocks
+    return torch.cat([blocks.new_full((blocks.shape[0], 1), token_id), blocks], dim=1)
+
+
 @torch.no_grad()
-def ar_nll(model, blocks: torch.LongTensor, batch_size: int = 16, show_progress: bool = False) -> dict:
-    """Exact next-token NLL over `blocks` ([N, L]); (L - 1) scored tokens per block."""
+def ar_nll(model, blocks: torch.LongTensor, batch_size: int = 16, show_progress: bool = False,
+           context_token_id: int | None = None) -> dict:
+    """Exact next-token NLL over `blocks` ([N, L]): L scored tokens per block with `context_token_id` in front of each,
+    L - 1 without."""
     model.eval()
+    block_size = blocks.shape[1]
+    blocks = with_context(blocks, context_token_id)
+    if blocks.shape[1] > model.config.max_position_embeddings:
+        raise ValueError(f"block_size: blocks of {block_size} tokens plus the context token need "
+                         f"max_position_embeddings >= {block_size + 1}, the model has "
+                         f"{model.config.max_position_embeddings}")
     total, count = 0.0, 0
     for start in _progress(range(0, len(blocks), batch_size), "AR NLL", disable=not show_progress):
         batch = blocks[start:start + batch_size].to(model.device)
@@ -51,46 +71,50 @@ def ar_nll(model, blocks: torch.LongTensor, batch_size: int = 16, show_progress:
         count += out.token_losses.numel()
     nll = total / count
     return {"kind": "exact_nll", "nll": nll, "perplexity": math.exp(nll), "num_tokens": count,
-            "num_blocks": len(blocks), "block_size": blocks.shape[1]}
+            "num_blocks": len(blocks), "block_size": block_size, "context_token": context_token_id is not None}
 
 
 # ---------------------------------------------------------------------------------------------
 # Diffusion: Monte-Carlo NELBO
 # ---------------------------------------------------------------------------------------------
-def stratified_times(num_samples: int, schedule, time_epsilon: float, generator: torch.Generator) -> torch.Tensor:
-    """K antithetic times t_k = t_low + (t_high - t_low) * ((u + k/K) mod 1), shape [K, 1]."""
-    return sample_times((num_samples, 1), schedule, time_epsilon=time_epsilon, antithetic=True, generator=generator)
-
-
 @torch.no_grad()
 def diffusion_nelbo_samples(model, blocks: torch.LongTensor, num_samples: int = 32, seed: int = 0,
-                            time_epsilon: float | None = None, batch_size: int = 64,
-                            show_progress: bool = False) -> torch.Tensor:
+                            time_epsilon: float | None = None, batch_size: int = 64, show_progress: bool = False,
+                            noise_block_size: int | None = None) -> torch.Tensor:
     """[N, K] float64: the NELBO (nats, summed over the block) of each block under K stratified draws of t.
 
-    Block n uses its own generator seeded with (seed, n), so a block's estimate does not depend on the others.
+    `noise_block_size` B (block diffusion): one stratified t per sub-block of B tokens, each sub-block scored given
+    the clean ones before it (the model gets x_0 as `clean_input_ids`); None: one t for the whole block. Block n
+    uses its own generator seeded with (seed, n), so a block's estimate does not depend on the others.
     """
     model.eval()
     config = model.config
     schedule = get_noise_schedule(config.noise_schedule)
     eps = config.time_epsilon if time_epsilon is None else time_epsilon
+    length = blocks.shape[1]
+    size = noise_block_size or length
     values = torch.zeros(len(blocks), num_samples, dtype=torch.float64)
     for n, block in enumerate(_progress(blocks, "NELBO", disable=not show_progress)):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + n)
-        t = stratified_times(num_samples, schedule, eps, generator)
+        t = sample_times((num_samples, -(-length // size)), schedule, time_epsilon=eps, antithetic=True,
+                         generator=generator)
         repeated = block.unsqueeze(0).expand(num_samples, -1)
-        targets = diffusion_targets(repeated, None, schedule, config.mask_token_id, generator=generator, t=t)
+        targets = block_diffusion_targets(repeated, None, schedule, config.mask_token_id, size, generator=generator,
+                                          t=t)
         for lo in range(0, num_samples, batch_size):
             part = slice(lo, lo + batch_size)
+            clean = repeated[part] if noise_block_size else None
             values[n, part] = _weighted_masked_ce(model, targets["input_ids"][part], targets["labels"][part],
-                                                  targets["loss_weights"][part].double())
+                                                  targets["loss_weights"][part].double(), clean)
     return values
 
 
-def _weighted_masked_ce(model, inputs, labels, weights) -> torch.Tensor:
-    """Per row: sum over masked positions of w * CE (float64), using the model's token_losses."""
+def _weighted_masked_ce(model, inputs, labels, weights, clean=None) -> torch.Tensor:
+    """Per row: sum over masked positions of w * CE (float64), using the model's token_losses; `clean` (x_0) goes to
+    a block-diffusion model as `clean_input_ids`."""
     device = model.device
-    out = model(input_ids=inputs.to(device), labels=labels.to(device))
+    extra = {} if clean is None else {"clean_input_ids": clean.to(device)}
+    out = model(input_ids=inputs.to(device), labels=labels.to(device), **extra)
     supervised = labels != -100
     per_token = torch.zeros(labels.shape, dtype=torch.float64)
     per_token[supervised] = out.token_losses.double().cpu() * weights[supervised]
@@ -98,9 +122,11 @@ def _weighted_masked_ce(model, inputs, labels, weights) -> torch.Tensor:
 
 
 def diffusion_nelbo(model, blocks: torch.LongTensor, num_samples: int = 32, seed: int = 0,
-                    time_epsilon: float | None = None, batch_size: int = 64, show_progress: bool = False) -> dict:
+                    time_epsilon: float | None = None, batch_size: int = 64, show_progress: bool = False,
+                    noise_block_size: int | None = None) -> dict:
     """NELBO per token (an upper bound on the NLL), its Monte-Carlo standard error, and exp(NELBO)."""
-    samples = diffusion_nelbo_samples(model, blocks, num_samples, seed, time_epsilon, batch_size, show_progress)
+    samples = diffusion_nelbo_samples(model, blocks, num_samples, seed, time_epsilon, batch_size, show_progress,
+                                      noise_block_size)
     num_tokens = blocks.numel()
     per_block = samples.mean(1)
     nelbo = float(per_block.sum()) / num_tokens
@@ -150,11 +176,9 @@ def held_out_loss(model, blocks: torch.LongTensor, num_samples: int = 32, seed: 
                   show_progress: bool = False) -> dict:
     """The model's held-out loss per token on `blocks`, whatever its objective: `ar_nll`'s or `diffusion_nelbo`'s
     result plus "loss" (nats/token) and "standard_error" (0 for the exact AR NLL)."""
-    if model.config.is_diffusion:
-        result = diffusion_nelbo(model, blocks, num_samples, seed, batch_size=batch_size, show_progress=show_progress)
-        return {**result, "loss": result["nelbo"]}
-    result = ar_nll(model, blocks, batch_size, show_progress)
-    return {**result, "loss": result["nll"], "standard_error": 0.0}
+    from ..objectives import objective_for  # the objectives are built on this module's estimators
+
+    return objective_for(model.config).held_out_loss(model, blocks, num_samples, seed, batch_size, show_progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,10 +220,10 @@ def encoded_loglikelihood(model, encoded, keys, mc_num: int = 128, batch_size: i
     """`conditional_loglikelihood` of already encoded (context ids, continuation ids) pairs, whatever the model's
     objective: exact for AR; LLaDA's Monte-Carlo estimate for diffusion, its masks seeded by `keys` (one per pair;
     equal keys share masks, so the choices of one question are paired)."""
-    if model.config.is_diffusion:
-        return diffusion_conditional_loglikelihood(model, encoded, keys, mc_num, batch_size, show_progress,
-                                                   check_greedy)
-    return ar_conditional_loglikelihood(model, encoded, batch_size, show_progress)
+    from ..objectives import objective_for
+
+    return objective_for(model.config).conditional_loglikelihood(model, encoded, keys, mc_num, batch_size,
+                                                                 show_progress, check_greedy)
 
 
 def fit_continuations(encoded, max_length: int):
@@ -300,6 +324,42 @@ def diffusion_conditional_loglikelihood(model, encoded, keys, mc_num: int = 128,
         loglikelihood = -float(torch.cat(estimates).mean())
         greedy = check_greedy and diffusion_greedy_continuation(model, context, len(continuation)) == continuation
         results.append((loglikelihood, greedy))
+    return results
+
+
+@torch.no_grad()
+def block_conditional_loglikelihood(model, encoded, keys, mc_num: int = 128, batch_size: int = 32,
+                                    show_progress: bool = False, check_greedy: bool = True):
+    """Block-diffusion estimate of log p(continuation | context): the context stays clean (its blocks are the clean
+    prefix); each draw masks the continuation's tokens with their block's ratio 1 - a_t (mc_num stratified t per
+    block) and the estimate is minus the mean over draws of sum w(t) CE at the masks (an ELBO of the continuation).
+    Draws are seeded by `keys` (equal keys share t). is_greedy: the continuation decoded with one token per step
+    (`diffusion_generate`, low_confidence, temperature 0), compared token by token."""
+    model.eval()
+    config = model.config
+    schedule = get_noise_schedule(config.noise_schedule)
+    size, max_length = config.bd_block_size, config.max_position_embeddings
+    results = []
+    for (context, continuation), key in _progress(list(zip(encoded, keys)), "block-diffusion loglikelihood",
+                                                  disable=not show_progress):
+        context = context[-(max_length - len(continuation)):]
+        sequence = torch.tensor(context + continuation, dtype=torch.long)
+        generator = torch.Generator().manual_seed(key)
+        t = sample_times((mc_num, -(-len(sequence) // size)), schedule, time_epsilon=config.time_epsilon,
+                         antithetic=True, generator=generator)
+        repeated = sequence.unsqueeze(0).expand(mc_num, -1)
+        maskable = (torch.arange(len(sequence)) >= len(context)).long().expand(mc_num, -1)
+        targets = block_diffusion_targets(repeated, maskable, schedule, config.mask_token_id, size,
+                                          generator=generator, t=t)
+        estimates = [_weighted_masked_ce(model, targets["input_ids"][lo:lo + batch_size],
+                                         targets["labels"][lo:lo + batch_size],
+                                         targets["loss_weights"][lo:lo + batch_size].double(),
+                                         repeated[lo:lo + batch_size]) for lo in range(0, mc_num, batch_size)]
+        greedy = check_greedy and model.diffusion_generate(
+            input_ids=torch.tensor([context], device=model.device), max_new_tokens=len(continuation),
+            num_steps=size, remasking="low_confidence", temperature=0.0, top_k=None, top_p=None,
+            confidence_threshold=None, stop_at_eos=False)[0, len(context):].tolist() == continuation
+        results.append((-float(torch.cat(estimates).mean()), greedy))
     return results
 
 

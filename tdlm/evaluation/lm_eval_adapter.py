@@ -28,17 +28,10 @@ from accelerate import PartialState
 from accelerate.utils import gather
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from ..objectives import objective_for
 from ..runs import load_checkpoint
-from .likelihood import (
-    ar_conditional_loglikelihood,
-    context_key,
-    diffusion_nelbo_samples,
-    encoded_loglikelihood,
-    fit_continuations,
-    prefix_token_id,
-)
+from .likelihood import context_key, encoded_loglikelihood, fit_continuations, prefix_token_id
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +82,13 @@ class TDLMLM(TemplateLM):
             model, tokenizer = load_pretrained(pretrained, device=device if device not in (None, "auto") else None,
                                                base_model=base_model)
         self.model, self.tokenizer = model, tokenizer
+        self.objective = objective_for(model.config)
         self._device = model.device
         self.mc_num, self.seed, self.nelbo_samples = int(mc_num), int(seed), int(nelbo_samples)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 32
         self.max_gen_toks = int(max_gen_toks)
         self.check_greedy = bool(check_greedy)  # lm-eval parses model_args "false" / "False" to False
-        if self.model.config.is_diffusion and not self.check_greedy:
+        if self.objective.corrupts and not self.check_greedy:
             logger.warning("check_greedy=False: is_greedy is reported False, so a LAMBADA-style acc is 0")
 
     def all_gather(self, tensor):
@@ -134,7 +128,7 @@ class TDLMLM(TemplateLM):
         encoded = fit_continuations([(context, continuation) for _, context, continuation in requests],
                                      self.max_length)
         # AR scores (context + continuation)[-(max_length + 1):], its last token being only a target
-        limit = self.max_length + (0 if self.model.config.is_diffusion else 1)
+        limit = self.max_length + (0 if self.objective.corrupts else 1)
         warn_truncated("loglikelihood", [len(context) + len(continuation) for context, continuation in encoded], limit)
         keys = [context_key(self.seed, context) for (context, _), _, _ in requests]
         return encoded_loglikelihood(self.model, encoded, keys, self.mc_num, self.batch_size,
@@ -144,15 +138,8 @@ class TDLMLM(TemplateLM):
         results = []
         for request in requests:
             tokens = self.tok_encode(request.args[0])
-            if self.model.config.is_diffusion:
-                blocks = [torch.tensor(tokens[i:i + self.max_length]) for i in range(0, len(tokens), self.max_length)]
-                results.append(-sum(float(diffusion_nelbo_samples(self.model, block.unsqueeze(0), self.nelbo_samples,
-                                                                  self.seed).mean()) for block in blocks))
-            else:  # windows score up to max_length tokens each: not clipped like _loglikelihood_tokens' requests
-                windows = [make_disjoint_window(window) for window in get_rolling_token_windows(
-                    tokens, self.prefix_token_id, self.max_length, context_len=1)]
-                results.append(sum(score for score, _ in ar_conditional_loglikelihood(self.model, windows,
-                                                                                      self.batch_size)))
+            results.append(self.objective.rolling_loglikelihood(self.model, tokens, self.prefix_token_id,
+                                                                self.nelbo_samples, self.seed, self.batch_size))
         return results
 
     @torch.no_grad()
@@ -166,15 +153,8 @@ class TDLMLM(TemplateLM):
             ids = self.tok_encode(context) or [self.prefix_token_id]
             context_lengths.append(len(ids) + max_new)
             ids = ids[-max(1, self.max_length - max_new):]
-            input_ids = torch.tensor([ids], device=self.model.device)
-            if self.model.config.is_diffusion:
-                generator = torch.Generator(device=self.model.device).manual_seed(self.seed)
-                sequence = self.model.diffusion_generate(input_ids=input_ids, max_new_tokens=max_new,
-                                                         generator=generator)
-            else:
-                sequence = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                               max_new_tokens=max_new, do_sample=False,
-                                               pad_token_id=self.tokenizer.pad_token_id)
+            # greedy AR; the diffusion samplers with the checkpoint's generation config, seeded
+            sequence = self.objective.sample(self.model, ids, 1, max_new, self.seed, False, {})
             text = self.tokenizer.decode(sequence[0, len(ids):], skip_special_tokens=True)
             for stop in until:
                 if stop:

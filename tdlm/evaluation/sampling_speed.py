@@ -40,7 +40,7 @@ def sampling_speed(model, batch_size: int = 8, length: int = 256, num_steps: int
     """
     device = torch.device(device if device is not None else model.device)
     model = model.to(device).eval()
-    if model.config.is_diffusion:
+    if model.config.uses_mask_token:  # diffusion_generate (block diffusion: block by block, KV cache)
         def sample():
             generator = torch.Generator(device=device).manual_seed(seed)
             options = {"num_steps": num_steps} if num_steps is not None else {}  # else the generation_config's

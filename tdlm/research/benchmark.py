@@ -20,11 +20,12 @@ from torch.autograd import DeviceType
 from transformers import TrainerCallback
 
 from ..config import CHOICES
-from ..data import BlockDataset, DataCollatorForTDLM
-from ..evaluation.sampling_speed import benchmark_sampling
+from ..data import BlockDataset
+from ..evaluation.sampling_speed import _timed, benchmark_sampling
+from ..objectives import objective_for
 from ..runs import Experiment
-from ..schedules import diffusion_targets, get_noise_schedule
-from ..training import DiffusionTrainer, build_model, build_tokenizer, training_arguments
+from ..schedules import get_noise_schedule
+from ..training import build_model, build_tokenizer, make_trainer, training_arguments
 
 # dense bf16 peak FLOP/s used for model FLOPs utilisation (vendor datasheets)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -60,10 +61,19 @@ def training_flops_per_token(config, head_fraction: float) -> float:
 
 
 def _for_mode(config: dict, mode: str) -> dict:
-    """A copy of the config with another objective (the caller's config is left alone)."""
+    """A copy of the config with another objective (the caller's config is left alone); block_diffusion keeps the
+    config's model.bd_block_size, else takes blocks of BD_BLOCK_SIZE tokens."""
     variant = json.loads(json.dumps(config))
-    variant["model"]["training_mode"] = mode
+    model = variant["model"]
+    model["training_mode"] = mode
+    if mode != "block_diffusion":
+        model["bd_block_size"] = None
+    elif model.get("bd_block_size") is None:
+        model["bd_block_size"] = min(BD_BLOCK_SIZE, variant["data"]["block_size"])
     return variant
+
+
+BD_BLOCK_SIZE = 16  # BD3-LM's common block length
 
 
 def _autocast_dtype(config: dict):
@@ -104,7 +114,7 @@ def _summary(times, warmup, tokens_per_step):
 
 
 def benchmark_trainer(config: dict, tokenizer, mode: str, device: torch.device, steps: int, warmup: int) -> dict:
-    """Tokens/s of `DiffusionTrainer` exactly as `scripts/train.py` builds it (precision, compile, optimizer)."""
+    """Tokens/s of `TDLMTrainer` exactly as `scripts/train.py` builds it (precision, compile, optimizer)."""
 
     config = _for_mode(config, mode)
     t = config["training"]
@@ -118,8 +128,8 @@ def benchmark_trainer(config: dict, tokenizer, mode: str, device: torch.device, 
         args = training_arguments(config, experiment, max_steps=steps + warmup, logging_steps=10**9,
                                   report_to="none", use_cpu=device.type == "cpu", disable_tqdm=True,
                                   warmup_steps=0)
-        trainer = DiffusionTrainer(model=model, args=args, train_dataset=BlockDataset(blocks),
-                                   data_collator=DataCollatorForTDLM(tokenizer.pad_token_id), callbacks=[timer])
+        trainer = make_trainer(model, args, tokenizer.pad_token_id, train_dataset=BlockDataset(blocks),
+                               callbacks=[timer])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         trainer.train()
@@ -136,14 +146,21 @@ def _with_utilisation(result: dict, model_config, mode: str, device: torch.devic
             "mfu": result["tokens_per_second"] * flops / peak if peak else None}
 
 
-def _loss_fn(model, mode, schedule, generator):
-    def loss(batch):  # unpadded blocks: no attention_mask, as the Trainer's collator gives them
-        if mode == "autoregressive":
-            return model(input_ids=batch, labels=batch).loss
-        targets = diffusion_targets(batch, torch.ones_like(batch), schedule, model.config.mask_token_id,
-                                    antithetic=True, generator=generator)
-        return model(input_ids=targets["input_ids"], labels=targets["labels"],
-                     loss_weights=targets["loss_weights"], num_items_in_batch=targets["num_items_in_batch"]).loss
+def _objective_inputs(model, batch, schedule, generator) -> dict:
+    """The model's keyword arguments for unpadded blocks, prepared by its objective as the Trainer prepares them
+    (AR: the collator's context token; the diffusion objectives: one corruption over the full mask-ratio range)."""
+    config = model.config
+    objective = objective_for(config)
+    collated = objective.collator(config, config.pad_token_id)([{"input_ids": row} for row in batch])
+    if not objective.corrupts:
+        return objective.model_inputs(collated, None)
+    targets = objective.training_targets(collated["input_ids"], None, config, schedule, generator, (0.0, 1.0), True)
+    return {**objective.model_inputs(collated, targets), "num_items_in_batch": targets["num_items_in_batch"]}
+
+
+def _loss_fn(model, schedule, generator):
+    def loss(batch):
+        return model(**_objective_inputs(model, batch, schedule, generator)).loss
     return loss
 
 
@@ -160,7 +177,7 @@ def _bare_loop(config: dict, tokenizer, mode: str, device: torch.device, num_ste
     blocks = _random_blocks(batch_size * num_steps, length, model.config.vocab_size,
                             model.config.mask_token_id).to(device)
     schedule = get_noise_schedule(model.config.noise_schedule)
-    loss_fn = _loss_fn(model, mode, schedule, torch.Generator(device=device).manual_seed(0))
+    loss_fn = _loss_fn(model, schedule, torch.Generator(device=device).manual_seed(0))
     dtype = _autocast_dtype(config)
 
     def step(index):
@@ -232,26 +249,20 @@ def loss_agreement(config: dict, tokenizer, mode: str, device: torch.device) -> 
     model = build_model(config, tokenizer).to(device)
     batch = _random_blocks(min(config["training"]["batch_size"], 64), config["data"]["block_size"],
                            model.config.vocab_size, model.config.mask_token_id).to(device)
-    mask = torch.ones_like(batch)
     schedule = get_noise_schedule(model.config.noise_schedule)
     dtype = _autocast_dtype(config)
-    if mode == "autoregressive":
-        inputs = {"input_ids": batch, "labels": batch}
-        labels, weights, normaliser = torch.nn.functional.pad(batch[:, 1:], (0, 1), value=-100), None, None
-    else:
-        targets = diffusion_targets(batch, mask, schedule, model.config.mask_token_id, antithetic=True,
-                                    generator=torch.Generator(device=device).manual_seed(0))
-        inputs = {"input_ids": targets["input_ids"], "labels": targets["labels"],
-                  "loss_weights": targets["loss_weights"], "num_items_in_batch": targets["num_items_in_batch"]}
-        labels, weights, normaliser = targets["labels"], targets["loss_weights"], targets["num_items_in_batch"]
+    inputs = _objective_inputs(model, batch, schedule, torch.Generator(device=device).manual_seed(0))
+    labels = model.prediction_targets(inputs["labels"])
+    weights, normaliser = inputs.get("loss_weights"), inputs.get("num_items_in_batch")
     results = {}
     for name in ("fused", "reference"):
         model.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             if name == "fused":
-                loss = model(attention_mask=mask, **inputs).loss
+                loss = model(**inputs).loss
             else:
-                logits = model(input_ids=inputs["input_ids"], attention_mask=mask).logits.float()
+                logits = model(**{k: v for k, v in inputs.items()
+                                  if k not in ("labels", "loss_weights", "num_items_in_batch")}).logits.float()
                 positions = labels != -100
                 ce = F.cross_entropy(logits[positions], labels[positions], reduction="none")
                 if weights is not None:
@@ -313,7 +324,8 @@ def run_benchmark(config: dict, device: str | None = None, steps: int = 20, warm
         for head in head_variants if False in compile_variants else ():
             trainer_row(mode, head, False)
     if sampling:
-        report["sampling"] = benchmark_sampling_for(config, tokenizer, device, **sampling)
+        report["sampling"] = benchmark_sampling_for(config, tokenizer, device, **sampling,
+                                                    block_diffusion="block_diffusion" in modes)
         save()
     for compiled in (variant for variant in compile_variants if variant):
         for mode in modes:
@@ -355,16 +367,41 @@ def _variant(config: dict, head_implementation: str, torch_compile: bool | str |
 
 
 def benchmark_sampling_for(config, tokenizer, device, batch_size=8, length=256, steps_list=(16, 32, 64, 256),
-                           confidence_threshold=0.9, repeats=3):
-
-    models = {mode: build_model(_for_mode(config, mode), tokenizer).to(device).eval()
-              for mode in ("diffusion", "autoregressive")}
+                           confidence_threshold=0.9, repeats=3, block_diffusion=False):
+    """Sampling rows of random-init models of the config's shape: diffusion, AR, and with `block_diffusion` the
+    block-diffusion sampler with and without its KV cache (`block_diffusion_sampling`)."""
+    modes = ("diffusion", "autoregressive") + (("block_diffusion",) if block_diffusion else ())
+    models = {mode: build_model(_for_mode(config, mode), tokenizer).to(device).eval() for mode in modes}
     dtype = _autocast_dtype(config)
     if dtype is not None and device.type == "cuda":
         models = {k: v.to(dtype) for k, v in models.items()}
-    return benchmark_sampling(models["diffusion"], models["autoregressive"], batch_size=batch_size, length=length,
+    rows = benchmark_sampling(models["diffusion"], models["autoregressive"], batch_size=batch_size, length=length,
                               steps_list=steps_list, confidence_threshold=confidence_threshold, repeats=repeats,
                               device=device)
+    if block_diffusion:
+        rows += block_diffusion_sampling(models["block_diffusion"], batch_size, length, repeats, device)
+    return rows
+
+
+def block_diffusion_sampling(model, batch_size: int, length: int, repeats: int, device, seed: int = 0) -> list[dict]:
+    """`sampling_speed`-shaped rows of a block-diffusion model generating `length` tokens (up to its
+    max_position_embeddings, which may exceed the training length) with `bd_block_size` steps per block (one token per
+    step), with and without the KV cache of finished blocks."""
+    size = model.config.bd_block_size
+    rows = []
+    for use_cache in (True, False):
+        def sample(use_cache=use_cache):
+            generator = torch.Generator(device=device).manual_seed(seed)
+            return model.diffusion_generate(batch_size=batch_size, max_length=length, num_steps=size,
+                                            use_cache=use_cache, return_dict_in_generate=True,
+                                            generator=generator).num_model_calls
+        seconds, calls = _timed(sample, device, repeats)
+        rows.append({"method": f"block_diffusion B={size}" + (" + KV cache" if use_cache else ", no cache"),
+                     "num_steps": size, "confidence_threshold": None, "batch_size": batch_size, "length": length,
+                     "wall_time_s": seconds, "tokens_per_second": batch_size * length / seconds, "model_calls": calls,
+                     "model_calls_per_token": calls / length, "device": str(device),
+                     "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")})
+    return rows
 
 
 def format_report(report: dict) -> str:

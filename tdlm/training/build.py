@@ -7,8 +7,9 @@ import torch
 from transformers import TrainingArguments
 
 from .. import config as schema
-from ..data import DataCollatorForTDLM, build_datasets
+from ..data import build_datasets
 from ..modeling_tdlm import TDLMModel, model_class_for
+from ..objectives import objective_for
 from ..peft_utils import apply_lora
 from ..runs import Experiment, load_model, pretrained_source
 from ..tokenization import check_tokenizer_matches, config_kwargs_for_tokenizer, load_tokenizer, train_bpe_tokenizer
@@ -71,7 +72,7 @@ def build_model(config: dict, tokenizer):
     # (and a model card built from it) does not claim Triton kernels for a run on a CPU
     m["head_implementation"] = model.config.head_implementation = head_that_runs(m["head_implementation"])
     check_tokenizer_matches(tokenizer, model.config)
-    if model.config.is_diffusion:
+    if model.config.uses_mask_token:
         model.generation_config = schema.generation_config(config, model.config)
     if config["peft"]["enabled"]:
         model = apply_lora(model, {**config["peft"], "base_model": pretrained})
@@ -98,11 +99,16 @@ def compile_backbone(model, mode: str | None = None):
 
 
 def build_data(config: dict, tokenizer, model):
-    """(train dataset, eval dataset or None, collator)."""
+    """(train dataset, eval dataset or None, collator): the collator is the model's objective's."""
     t, e = config["training"], config["enhanced_evaluation"]
+    block, context = config["data"]["block_size"], model.config.context_token_id is not None
+    if block + context > model.config.max_position_embeddings:
+        raise ValueError(f"data.block_size: {block} tokens{' plus the AR context token' if context else ''} need "
+                         f"max_position_embeddings >= {block + context}; the model has "
+                         f"{model.config.max_position_embeddings}")
     eval_rows = e["max_eval_batches"] * (t["eval_batch_size"] or t["batch_size"]) if e["max_eval_batches"] else None
     train, evaluation = build_datasets(config["data"], tokenizer, model.config.vocab_size, eval_rows)
-    return train, evaluation, DataCollatorForTDLM(tokenizer.pad_token_id)
+    return train, evaluation, objective_for(model.config).collator(model.config, tokenizer.pad_token_id)
 
 
 def training_arguments(config: dict, experiment: Experiment, **extra) -> TrainingArguments:

@@ -25,10 +25,10 @@ from ..runs import (
 from ..text_generation import generate_text
 from .build import build_data, build_model, build_tokenizer, training_arguments
 from .metrics import ConsoleProgressCallback, MetricsJsonlCallback
-from .trainer import CheckpointScheduleCallback, DiffusionTrainer
+from .trainer import CheckpointScheduleCallback, TDLMTrainer, make_trainer
 
 
-def summarize_run(experiment: Experiment, trainer: DiffusionTrainer, train_output, runtime: float,
+def summarize_run(experiment: Experiment, trainer: TDLMTrainer, train_output, runtime: float,
                   start_step: int = 0) -> dict:
     """results/summary.json's contents; tokens/s counts this session's steps (a resumed run started at
     `start_step`) over wall time including evaluations and saves."""
@@ -55,15 +55,18 @@ def summarize_run(experiment: Experiment, trainer: DiffusionTrainer, train_outpu
     }
 
 
-def eval_tokens(trainer: DiffusionTrainer) -> int | None:
+def eval_tokens(trainer: TDLMTrainer) -> int | None:
     """How many tokens the Trainer's eval loss averages over: the blocks its eval dataloaders yield (the last
-    partial batch is dropped) times the tokens scored per block (AR predicts all but the first)."""
+    partial batch is dropped) times the tokens scored per block (all L; AR without a context token all but the
+    first)."""
     if trainer.eval_dataset is None:
         return None
     args = trainer.args
     blocks = len(trainer.get_eval_dataloader()) * args.per_device_eval_batch_size * args.world_size
     block_size = trainer.eval_dataset.block_size
-    return blocks * (block_size if trainer.model_config.is_diffusion else block_size - 1)
+    config = trainer.model_config
+    scores_all = config.uses_mask_token or getattr(config, "context_token_id", None) is not None
+    return blocks * (block_size if scores_all else block_size - 1)
 
 
 def loss_label(training_mode: str, loss: float) -> str:
@@ -104,7 +107,7 @@ def _write_loss_curves(experiment: Experiment, eval_steps: int | None) -> None:
 END_SAMPLE_OPTIONS = {"temperature": 1.0, "top_p": 0.9}
 
 
-def _print_sample(trainer: DiffusionTrainer, config: dict) -> None:
+def _print_sample(trainer: TDLMTrainer, config: dict) -> None:
     """One unconditional sample of the trained model, so that a run ends with text one can read."""
     if trainer.args.world_size > 1:  # a sharded (FSDP) model cannot sample on rank 0 alone
         return
@@ -145,15 +148,15 @@ def _check_resume(checkpoint: Path, config: dict, allow_inexact: bool) -> None:
                                 f"from the original run; pass --allow-inexact-resume to resume anyway")
 
 
-def _build_trainer(config: dict, experiment: Experiment, checkpoint: Path | None, callbacks) -> DiffusionTrainer:
+def _build_trainer(config: dict, experiment: Experiment, checkpoint: Path | None, callbacks) -> TDLMTrainer:
     set_seed(config["training"]["seed"])
     tokenizer = build_tokenizer(config, checkpoint)
     model = build_model(config, tokenizer)
     train, evaluation, collator = build_data(config, tokenizer, model)
     t = config["training"]
-    trainer = DiffusionTrainer(
-        model=model, args=training_arguments(config, experiment), train_dataset=train, eval_dataset=evaluation,
-        data_collator=collator, processing_class=tokenizer,
+    trainer = make_trainer(
+        model, training_arguments(config, experiment), tokenizer.pad_token_id, train_dataset=train,
+        eval_dataset=evaluation, data_collator=collator, processing_class=tokenizer,
         callbacks=[CheckpointScheduleCallback(t["save_every_n_steps"], t["save_every_n_epochs"], t["eval_steps"],
                                               evaluation is not None),
                    MetricsJsonlCallback(experiment), *callbacks],
@@ -225,8 +228,8 @@ def run_evaluation(config: dict | None, resume: str, output_dir: str = "experime
     if evaluation is None:
         raise ValueError("--eval-only needs evaluation data: set data.eval_files or data.eval_split")
     args = training_arguments(config, experiment, report_to="none", use_cpu=device == "cpu")
-    trainer = DiffusionTrainer(model=model, args=args, eval_dataset=evaluation, data_collator=collator,
-                               processing_class=tokenizer, callbacks=[MetricsJsonlCallback(experiment)])
+    trainer = make_trainer(model, args, tokenizer.pad_token_id, eval_dataset=evaluation, data_collator=collator,
+                           processing_class=tokenizer, callbacks=[MetricsJsonlCallback(experiment)])
     state_file = checkpoint / "trainer_state.json"
     if state_file.is_file():
         saved = read_json(state_file)

@@ -1,6 +1,7 @@
-"""`DiffusionTrainer(transformers.Trainer)` and the experiment runner behind `scripts/train.py`.
+"""`TDLMTrainer(transformers.Trainer)` (also importable as `DiffusionTrainer`), for every objective, and
+`make_trainer`, the one place it is assembled.
 
-Data flow of one optimizer step (diffusion mode):
+Data flow of one optimizer step (diffusion mode; block diffusion alike, with one t per block and x_0 passed along):
 
     packed blocks --collator--> input_ids, attention_mask, labels (x_0 at real tokens)
         Trainer.get_batch_samples: num_items_in_batch = real tokens of the whole accumulated (and, across
@@ -11,7 +12,8 @@ Data flow of one optimizer step (diffusion mode):
         summing micro-batches gives the large-batch loss, so `loss_is_scaled_for_ga` holds (Trainer does not
         divide by the accumulation steps again)
 
-AR mode runs the causal model on the clean input with the same data, optimizer, schedule and logging.
+AR mode runs the causal model on the clean input (with the context token the objective's collator puts in front)
+with the same data, optimizer, schedule and logging. What differs per objective is asked of `tdlm.objectives`.
 Evaluation loss is the ELBO over the full mask-ratio range with stratified t and a fixed seed per eval
 batch, so numbers are comparable across checkpoints.
 """
@@ -27,6 +29,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.dynamic_module_utils import custom_object_save
 
 from ..modeling_tdlm import TDLMPreTrainedModel
+from ..objectives import objective_for
 from ..runs import (
     best_evaluation,
     commit_checkpoint,
@@ -35,7 +38,7 @@ from ..runs import (
     list_checkpoints,
     staging_folder,
 )
-from ..schedules import corruption_levels, diffusion_targets, get_noise_schedule
+from ..schedules import corruption_levels, get_noise_schedule
 from .metrics import (
     attention_metrics,
     level_gradient_norms,
@@ -51,8 +54,9 @@ def derive_seed(seed: int, kind: str, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{kind}/{index}".encode()).digest()[:8], "little") >> 1
 
 
-class DiffusionTrainer(Trainer):
-    """Trainer for both TDLM heads. Diffusion: corruption + weighted ELBO in `compute_loss`; AR: next-token loss.
+class TDLMTrainer(Trainer):
+    """Trainer for every TDLM head. The diffusion objectives: corruption + weighted ELBO in `compute_loss`; AR:
+    next-token loss. The head's objective (`tdlm.objectives`) prepares each batch.
 
     Extra keyword arguments: `detailed_metrics_steps` and `attention_analysis_steps` (tier 2/3 research
     metrics; None = off), `cleanup_checkpoints` (keep only the best and the latest checkpoint).
@@ -69,7 +73,8 @@ class DiffusionTrainer(Trainer):
         if hasattr(self.head, "get_base_model"):  # a PEFT wrapper
             self.head = self.head.get_base_model()
         config = self.model_config = self.head.config
-        self.schedule = get_noise_schedule(config.noise_schedule) if config.is_diffusion else None
+        self.objective = objective_for(config)
+        self.schedule = get_noise_schedule(config.noise_schedule) if self.objective.corrupts else None
         self.detailed_metrics_steps = detailed_metrics_steps
         self.attention_analysis_steps = attention_analysis_steps
         self.cleanup_checkpoints = cleanup_checkpoints
@@ -136,24 +141,19 @@ class DiffusionTrainer(Trainer):
         else:
             full_ids, full_mask = input_ids, attention_mask
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
-        targets = diffusion_targets(full_ids, full_mask, self.schedule, config.mask_token_id,
-                                    single_ratio_per_sequence=config.single_ratio_per_sequence,
-                                    min_mask_ratio=ratio_range[0], max_mask_ratio=ratio_range[1],
-                                    time_epsilon=config.time_epsilon, antithetic=antithetic, generator=generator)
+        targets = self.objective.training_targets(full_ids, full_mask, config, self.schedule, generator, ratio_range,
+                                                  antithetic)
         if num_slots > 1:
             own = slice(slot * rows, (slot + 1) * rows)
             targets = {k: v[own] if torch.is_tensor(v) and v.dim() > 0 else v for k, v in targets.items()}
         return targets
 
     def model_inputs(self, inputs: dict, training: bool) -> tuple[dict, dict]:
-        """(kwargs for the model, extras for metrics: the corruption's t and mask, for diffusion)."""
-        if self.schedule is None:
-            return ({"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask"),
-                     "labels": inputs["labels"]}, {})
+        """(kwargs for the model, extras for metrics: the corruption's t and mask, for the diffusion objectives)."""
+        if not self.objective.corrupts:
+            return self.objective.model_inputs(inputs, None), {}
         targets = self._corrupt(inputs, training)
-        model_inputs = {"input_ids": targets["input_ids"], "attention_mask": inputs.get("attention_mask"),
-                        "labels": targets["labels"], "loss_weights": targets["loss_weights"]}
-        return model_inputs, {"t": targets["t"], "masked": targets["masked"]}
+        return self.objective.model_inputs(inputs, targets), {"t": targets["t"], "masked": targets["masked"]}
 
     # ---- loss ----------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -243,7 +243,7 @@ class DiffusionTrainer(Trainer):
         targets = self.head.prediction_targets(model_inputs["labels"])
         supervised = targets != -100
         with torch.no_grad(), self.compute_loss_context_manager():
-            out = model(input_ids=model_inputs["input_ids"], attention_mask=model_inputs["attention_mask"],
+            out = model(**{k: v for k, v in model_inputs.items() if k not in ("labels", "loss_weights")},
                         output_attentions=True)
         logits = out.logits[supervised]
         if tier2:
@@ -267,7 +267,7 @@ class DiffusionTrainer(Trainer):
                 stats = self._level_stats
                 if self.args.world_size > 1:
                     stats = self.accelerator.reduce(stats, reduction="sum")
-                logs.update(summarize_level_statistics(stats.cpu(), by_level=self.schedule is not None))
+                logs.update(summarize_level_statistics(stats.cpu(), by_level=self.objective.corrupts))
                 self._level_stats = None
             logs.update(self._pending_metrics)
             self._pending_metrics = {}
@@ -349,6 +349,20 @@ class DiffusionTrainer(Trainer):
         for stray in folder.glob("*.py"):
             if stray.name not in written:
                 stray.unlink()
+
+
+DiffusionTrainer = TDLMTrainer  # the name before block diffusion and AR shared it
+
+
+def make_trainer(model, args, pad_token_id: int, train_dataset=None, eval_dataset=None, data_collator=None,
+                 **kwargs) -> TDLMTrainer:
+    """The one place a TDLMTrainer is assembled: the collator is the model's objective's (AR puts its context token
+    in front of every block) unless `data_collator` is given; other keyword arguments go to TDLMTrainer."""
+    config = model.config
+    if data_collator is None:
+        data_collator = objective_for(config).collator(config, pad_token_id)
+    return TDLMTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                       data_collator=data_collator, **kwargs)
 
 
 class CheckpointScheduleCallback(TrainerCallback):
