@@ -70,10 +70,10 @@ def eval_tokens(trainer: TDLMTrainer) -> int | None:
 
 
 def loss_label(training_mode: str, loss: float) -> str:
-    """What an eval loss is: a diffusion run's is the NELBO, so exp() bounds the perplexity; an AR run's is the
-    exact NLL, so exp() is the perplexity."""
+    """What an eval loss is: a (block) diffusion run's is the NELBO, so exp() bounds the perplexity; an AR run's is
+    the exact NLL, so exp() is the perplexity."""
     perplexity = math.exp(min(loss, 700))
-    if training_mode == "diffusion":
+    if training_mode != "autoregressive":
         return f"NELBO per token, perplexity bound {perplexity:.2f}"
     return f"exact NLL per token, perplexity {perplexity:.2f}"
 
