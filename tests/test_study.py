@@ -12,9 +12,10 @@ from datasets import Dataset
 
 from tdlm.config import load_config
 from tdlm.data import TokenShards, document_blocks, prepare_dataset
+from tdlm.evaluation.likelihood import with_context
 from tdlm.research import study
 from tdlm.research.reuse import fit_reuse, reuse_loss
-from tdlm.research.sample_quality import sample_quality, score_texts, unigram_entropy, with_context
+from tdlm.research.sample_quality import sample_quality, score_texts, unigram_entropy
 from tdlm.research.statistics import clustered_standard_error, paired_difference
 from tdlm.research.study_report import claims, critical_compute, regenerate
 from tdlm.tokenization import train_bpe_tokenizer
@@ -76,7 +77,7 @@ def test_held_out_split_into_selection_and_report(prepared):
 def test_both_objectives_score_all_l_tokens(tiny):
     blocks = torch.randint(2, 290, (3, 32))
     losses = {}
-    for objective in study.OBJECTIVES:
+    for objective in (*study.OBJECTIVES, "bd8"):
         arm = study.Arm(objective, "32x1", 100)
         config = study.arm_config(tiny, arm, 32)
         tokenizer = build_tokenizer(config)
@@ -145,8 +146,11 @@ def test_branch_epochs_and_grid_errors(tiny):
         study.parse_sizes("64x2,50x2")
     assert study.size_shape("48x2") == {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 3,
                                         "intermediate_size": 128}
-    with pytest.raises(ValueError, match="unknown objective"):
-        study.arm_config(tiny, study.Arm("bert", "32x1", 10), 32)
+    for bad in ("bert", "bd5", "bd0"):
+        with pytest.raises(ValueError, match="unknown objective"):
+            study.arm_config(tiny, study.Arm(bad, "32x1", 10), 32)
+    bd = study.arm_config(tiny, study.Arm("bd8", "32x1", 10), 32)["model"]
+    assert (bd["training_mode"], bd["bd_block_size"]) == ("block_diffusion", 8)
     config = study.arm_config(tiny, study.Arm("diffusion", "32x1", 10, seed=3, dropout=0.1), 32)
     assert config["model"]["max_position_embeddings"] == 33 and config["model"]["hidden_dropout"] == 0.1
     assert config["training"]["seed"] == 3
@@ -207,18 +211,18 @@ def test_patience_stops_an_overfitting_arm(tiny, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_tiny_study_writes_report_after_each_arm(tiny, tmp_path):
     out = tmp_path / "study"
-    result = study.run_study(tiny, "320,640", "32x1,48x1", out, max_epochs=3, cooldown=0.5, selection_samples=2,
-                             report_samples=2, extra_seeds=1, dropout=0.1, gen_samples=2, gen_steps=4,
-                             scorer_tokens=640, scorer_size="32x1")
+    result = study.run_study(tiny, "320,640", "32x1", out, ("ar", "diffusion", "bd8"), max_epochs=3, cooldown=0.5,
+                             selection_samples=2, report_samples=2, extra_seeds=1, dropout=0.1, gen_samples=2,
+                             gen_steps=4, scorer_tokens=640, scorer_size="32x1")
     names = {a["name"] for a in result["arms"]}
-    assert len(names) == 2 * 2 * 2 + 2 + 2  # budgets x sizes x objectives, a second seed and dropout per objective
-    assert {"ar", "diffusion"} == {a["objective"] for a in result["arms"] if a["seed"] == 1}
+    assert len(names) == 2 * 3 + 3 + 3  # budgets x objectives, then a second seed and a dropout arm per objective
+    assert {"ar", "diffusion", "bd8"} == {a["objective"] for a in result["arms"] if a["seed"] == 1}
     verdicts = result["summary"]["verdicts"]
-    assert {v["seed"] for v in verdicts} == {0, 1}
+    assert {v["seed"] for v in verdicts} == {0, 1} and {v["objective"] for v in verdicts} == {"diffusion", "bd8"}
     assert all(v["standard_error"] >= v["cluster_standard_error"] > 0 for v in verdicts)
     assert result["environment"]["git_commit"] and result["environment"]["command"]
     quality = result["sample_quality"]["rows"]
-    assert quality[0]["name"].startswith("held-out text") and len(quality) == 1 + 2 * 2  # reference + best arms
+    assert quality[0]["name"].startswith("held-out text") and len(quality) == 1 + 2 * 3  # reference + best arms
     assert all(q["gen_ppl"] > 1 and q["unigram_entropy"] > 0 for q in quality)
     scorer_documents = study.used_documents(study.StudyData(tiny["data"]["prepared"], 32), result["arms"], 0)
     assert len(scorer_documents) < 60  # documents were left for the scorer

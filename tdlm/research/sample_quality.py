@@ -22,11 +22,6 @@ def unigram_entropy(ids: list[int]) -> float:
     return -sum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0
 
 
-def with_context(blocks: torch.LongTensor, token_id: int) -> torch.LongTensor:
-    """[N, L] -> [N, L + 1] with `token_id` in front: an AR model then predicts all L tokens of each block."""
-    return torch.cat([blocks.new_full((blocks.shape[0], 1), token_id), blocks], dim=1)
-
-
 def score_texts(scorer, tokenizer, texts: list[str]) -> dict:
     """Gen-PPL of `texts` under the AR `scorer` (exact NLL per token over all samples) and their mean unigram
     entropy. Each text is re-encoded without special tokens and cut to the scorer's context."""
@@ -35,7 +30,7 @@ def score_texts(scorer, tokenizer, texts: list[str]) -> dict:
     encoded = [ids for ids in encoded if ids]
     total, count = 0.0, 0
     for ids in encoded:  # one sample at a time: lengths differ and there are few samples
-        result = ar_nll(scorer, with_context(torch.tensor([ids]), context))
+        result = ar_nll(scorer, torch.tensor([ids]), context_token_id=context)
         total += result["nll"] * result["num_tokens"]
         count += result["num_tokens"]
     nll = total / count if count else math.nan

@@ -37,14 +37,13 @@ from tqdm.auto import tqdm
 
 from ..data import TokenShards, document_blocks
 from ..data.build import prepared_folder
-from ..evaluation.likelihood import diffusion_nelbo_samples, prefix_token_id
-from ..schedules import diffusion_targets, get_noise_schedule
+from ..evaluation.likelihood import diffusion_nelbo_samples, prefix_token_id, with_context
+from ..objectives import objective_for
+from ..schedules import get_noise_schedule
 from ..training import build_model, build_tokenizer
-from .sample_quality import with_context
 from .statistics import paired_difference
 
-OBJECTIVES = ("ar", "diffusion")
-MODES = {"ar": "autoregressive", "diffusion": "diffusion"}
+OBJECTIVES = ("ar", "diffusion")  # the default arms; block diffusion is "bd<B>" (e.g. bd16: blocks of 16 tokens)
 SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9}
 Z = 2.0  # "better" means better by more than Z standard errors
 SELECTION_STRIDE = 8  # every eighth held-out block selects checkpoints; the rest report
@@ -103,13 +102,22 @@ class Arm:
         return f"{self.objective}_{self.size}_{tokens_label(self.budget)}_seed{self.seed}{extra}"
 
 
+def objective_mode(objective: str, block_size: int) -> dict:
+    """"ar" / "diffusion" / "bd<B>" -> the model keys that select it."""
+    if objective in ("ar", "diffusion"):
+        return {"training_mode": "autoregressive" if objective == "ar" else "diffusion"}
+    match = re.fullmatch(r"bd(\d+)", objective)
+    if not match or not 0 < int(match[1]) <= block_size or block_size % int(match[1]):
+        raise ValueError(f"--objectives: unknown objective {objective!r}; expected ar, diffusion or bd<B> with B a "
+                         f"divisor of data.block_size={block_size} (e.g. bd16)")
+    return {"training_mode": "block_diffusion", "bd_block_size": int(match[1])}
+
+
 def arm_config(config: dict, arm: Arm, block_size: int) -> dict:
     """The experiment config of one arm: only objective, shape, dropout and seed differ between arms."""
-    if arm.objective not in OBJECTIVES:
-        raise ValueError(f"--objectives: unknown objective {arm.objective!r}; expected some of {OBJECTIVES}")
     variant = copy.deepcopy(config)
     model = variant["model"]
-    model.update(size_shape(arm.size), training_mode=MODES[arm.objective], hidden_dropout=arm.dropout,
+    model.update(size_shape(arm.size), **objective_mode(arm.objective, block_size), hidden_dropout=arm.dropout,
                  attention_dropout=arm.dropout)
     model["max_position_embeddings"] = block_size + 1  # AR's context token; identical backbones (RoPE: no weights)
     variant["training"]["seed"] = arm.seed
@@ -145,13 +153,15 @@ class StudyData:
 @torch.no_grad()
 def block_losses(model, blocks: torch.LongTensor, context_id: int, num_samples: int, seed: int,
                  batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Per block: loss per token over all L tokens (AR: exact NLL given the context token; diffusion: the NELBO
-    averaged over `num_samples` stratified draws) and the Monte-Carlo variance of that mean (0 for AR)."""
+    """Per block: loss per token over all L tokens (AR: exact NLL given the context token; the diffusion objectives:
+    the NELBO averaged over `num_samples` stratified draws) and the Monte-Carlo variance of that mean (0 for AR)."""
     was_training = model.training
     model.eval()
     length = blocks.shape[1]
-    if model.config.is_diffusion:
-        draws = diffusion_nelbo_samples(model, blocks, num_samples, seed, batch_size=batch_size) / length
+    objective = objective_for(model.config)
+    if objective.corrupts:
+        draws = diffusion_nelbo_samples(model, blocks, num_samples, seed, batch_size=batch_size,
+                                        noise_block_size=objective.noise_block_size(model.config)) / length
         losses, variance = draws.mean(1).numpy(), (draws.var(1) / num_samples).numpy()
     else:
         rows = []
@@ -193,8 +203,11 @@ class ArmTrainer:
                                            betas=(t["adam_beta1"], t["adam_beta2"]))
         self.batch_size, self.peak_lr, self.warmup = t["batch_size"], t["learning_rate"], t["warmup_steps"]
         self.schedule = get_noise_schedule(self.model.config.noise_schedule)
+        self.objective = objective_for(self.model.config)
         self.steps_per_epoch = math.ceil(len(blocks) / self.batch_size)
-        positions = blocks.shape[1] + (0 if self.model.config.is_diffusion else 1)
+        # positions the backbone runs per block: AR's context token, block diffusion's x_t and x_0
+        positions = {"autoregressive": blocks.shape[1] + 1, "block_diffusion": 2 * blocks.shape[1]}.get(
+            self.objective.mode, blocks.shape[1])
         self.flops_per_block = 6 * self.model.num_parameters() * positions
         self.epoch, self.step, self.blocks_seen, self.points = 0, 0, 0, []
         self.best = None  # {"loss", "losses", "variance", "state", "point"}
@@ -238,15 +251,13 @@ class ArmTrainer:
         torch.manual_seed(key)  # dropout
         generator = torch.Generator().manual_seed(key)  # corruption is drawn on the CPU: the same on any device
         device = self.model.device
-        if self.model.config.is_diffusion:
+        if self.objective.corrupts:
             c = self.model.config
-            targets = diffusion_targets(batch, None, self.schedule, c.mask_token_id,
-                                        single_ratio_per_sequence=c.single_ratio_per_sequence,
-                                        min_mask_ratio=c.min_mask_ratio, max_mask_ratio=c.max_mask_ratio,
-                                        time_epsilon=c.time_epsilon, antithetic=c.antithetic_sampling,
-                                        generator=generator)
-            loss = self.model(input_ids=targets["input_ids"].to(device), labels=targets["labels"].to(device),
-                              loss_weights=targets["loss_weights"].to(device), num_items_in_batch=batch.numel()).loss
+            targets = self.objective.training_targets(batch, None, c, self.schedule, generator,
+                                                      (c.min_mask_ratio, c.max_mask_ratio), c.antithetic_sampling)
+            inputs = self.objective.model_inputs({"input_ids": batch}, targets)
+            loss = self.model(**{k: v.to(device) for k, v in inputs.items() if v is not None},
+                              num_items_in_batch=batch.numel()).loss
         else:
             inputs = with_context(batch, self.context_id).to(device)
             loss = self.model(input_ids=inputs, labels=inputs).loss
@@ -411,12 +422,14 @@ def sample_quality_stage(config: dict, tokenizer, data: StudyData, settings: dic
     from ..text_generation import generate_text
 
     for budget in sorted({a["budget"] for a in arms}):
-        for objective in OBJECTIVES:
+        for objective in dict.fromkeys(a["objective"] for a in arms):
             best = best_arm(arms, objective, budget)
             if best is None:
                 continue
             model = load_model(output_dir / "runs" / best["name"] / "best").eval()
-            options = {"num_steps": steps, "remasking": "random"} if model.config.is_diffusion else {}
+            # block diffusion: `steps` per block at most, one token per step within a block of B
+            options = {"num_steps": min(steps, model.config.bd_block_size or steps), "remasking": "random"} \
+                if objective_for(model.config).corrupts else {}
             texts = generate_text(model, tokenizer, [""], max_new_tokens=data.block_size, num_samples=num_samples,
                                   seed=0, temperature=1.0, **options)
             rows.append({"name": best["name"], "unique_tokens": best["unique_tokens"],
@@ -464,8 +477,7 @@ def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJ
         raise ValueError(f"--max-epochs ({max_epochs}) must be >= 2, --cooldown ({cooldown}) in (0, 1] and "
                          f"--patience ({patience}) >= 1")
     for objective in objectives:
-        if objective not in OBJECTIVES:
-            raise ValueError(f"--objectives: unknown objective {objective!r}; expected some of {OBJECTIVES}")
+        objective_mode(objective, config["data"]["block_size"])  # names the bad one before any training
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(config)

@@ -44,6 +44,11 @@ def best_of(arms: list[dict], objective: str) -> dict | None:
     return min((a for a in arms if a["objective"] == objective), key=lambda a: a["best"]["eval_loss"], default=None)
 
 
+def challengers(arms: list[dict]) -> list[str]:
+    """The objectives compared against AR, in the order they appear."""
+    return [o for o in dict.fromkeys(a["objective"] for a in arms) if o != "ar"]
+
+
 def compare_arms(a: dict, b: dict, documents) -> dict:
     """a - b on the report blocks: paired, clustered by document, plus Monte-Carlo variance."""
     result = paired_difference(a["report_losses"], b["report_losses"], documents, a["report_variance"],
@@ -54,34 +59,38 @@ def compare_arms(a: dict, b: dict, documents) -> dict:
 
 
 def verdicts(arms: list[dict], documents) -> list[dict]:
-    """Per (budget, seed): diffusion's best size vs AR's best size, then size by size."""
+    """Per (budget, seed, objective other than AR): its best size vs AR's best size, then size by size (seed 0)."""
     rows = []
     for budget in sorted({a["budget"] for a in arms}):
         for seed in sorted({a["seed"] for a in arms if a["budget"] == budget}):
             plain = _plain(arms, budget, seed)
-            ar, diffusion = best_of(plain, "ar"), best_of(plain, "diffusion")
-            if ar and diffusion:
-                rows.append({"budget": budget, "seed": seed, "comparison": "best size vs best size",
-                             "diffusion": diffusion["name"], "ar": ar["name"],
-                             **compare_arms(diffusion, ar, documents)})
-            for size in sorted({a["size"] for a in plain}, key=_size_key):
-                pair = {a["objective"]: a for a in plain if a["size"] == size}
-                if {"ar", "diffusion"} <= set(pair) and seed == 0:
-                    rows.append({"budget": budget, "seed": seed, "comparison": f"same size {size}",
-                                 "diffusion": pair["diffusion"]["name"], "ar": pair["ar"]["name"],
-                                 **compare_arms(pair["diffusion"], pair["ar"], documents)})
+            ar = best_of(plain, "ar")
+            for objective in challengers(plain):
+                best = best_of(plain, objective)
+                if ar and best:
+                    rows.append({"budget": budget, "seed": seed, "objective": objective,
+                                 "comparison": "best size vs best size", "challenger": best["name"], "ar": ar["name"],
+                                 **compare_arms(best, ar, documents)})
+                for size in sorted({a["size"] for a in plain}, key=_size_key):
+                    pair = {a["objective"]: a for a in plain if a["size"] == size}
+                    if {"ar", objective} <= set(pair) and seed == 0:
+                        rows.append({"budget": budget, "seed": seed, "objective": objective,
+                                     "comparison": f"same size {size}", "challenger": pair[objective]["name"],
+                                     "ar": pair["ar"]["name"], **compare_arms(pair[objective], pair["ar"], documents)})
     return rows
 
 
 def claims(verdict_rows: list[dict]) -> list[dict]:
-    """Per budget: a winner only where every seed's best-vs-best comparison names it beyond 2 SE."""
+    """Per (budget, objective against AR): a winner only where every seed's best-vs-best comparison names it beyond
+    2 SE."""
     rows = []
-    for budget in sorted({v["budget"] for v in verdict_rows}):
-        runs = [v for v in verdict_rows if v["budget"] == budget and v["comparison"] == "best size vs best size"]
+    for key in dict.fromkeys((v["budget"], v.get("objective", "diffusion")) for v in verdict_rows):
+        runs = [v for v in verdict_rows if (v["budget"], v.get("objective", "diffusion")) == key
+                and v["comparison"] == "best size vs best size"]
         winners = [v["winner"] for v in runs]
         agreed = len(runs) >= 2 and len(set(winners)) == 1 and not winners[0].startswith("tie")
-        rows.append({"budget": budget, "seeds": len(runs), "claim": winners[0] if agreed else None,
-                     "winners": winners})
+        rows.append({"budget": key[0], "objective": key[1], "seeds": len(runs),
+                     "claim": winners[0] if agreed else None, "winners": winners})
     return rows
 
 
@@ -101,11 +110,11 @@ def envelope(arms: list[dict]) -> list[tuple[float, float, float]]:
     return out
 
 
-def crossover(arms: list[dict], budget: int) -> dict:
-    """Measured (first FLOPs where diffusion's envelope is below AR's by > 2 SE) and predicted crossover."""
+def crossover(arms: list[dict], budget: int, objective: str = "diffusion") -> dict:
+    """Measured (first FLOPs where the objective's envelope is below AR's by > 2 SE) and predicted crossover."""
     plain = _plain(arms, budget)
     ar, diffusion = envelope([a for a in plain if a["objective"] == "ar"]), \
-        envelope([a for a in plain if a["objective"] == "diffusion"])
+        envelope([a for a in plain if a["objective"] == objective])
     measured = None
     for flops, loss, se in diffusion:
         reference = [loss_ar for f, loss_ar, _ in ar if f <= flops]
@@ -113,8 +122,8 @@ def crossover(arms: list[dict], budget: int) -> dict:
             measured = flops
             break
     largest = max([f for f, _, _ in ar + diffusion], default=None)
-    return {"budget": budget, "predicted_flops": critical_compute(budget), "measured_flops": measured,
-            "largest_flops_trained": largest}
+    return {"budget": budget, "objective": objective, "predicted_flops": critical_compute(budget),
+            "measured_flops": measured, "largest_flops_trained": largest}
 
 
 def reuse(arms: list[dict]) -> dict:
@@ -134,7 +143,8 @@ def summarize(study: dict) -> dict:
     documents = study["settings"].get("report_block_documents")
     rows = verdicts(arms, documents) if documents else []
     return {"verdicts": rows, "claims": claims(rows),
-            "crossovers": [crossover(arms, b) for b in sorted({a["budget"] for a in arms})],
+            "crossovers": [crossover(arms, b, o) for b in sorted({a["budget"] for a in arms})
+                           for o in challengers(_plain(arms, b))],
             "reuse": reuse(arms)}
 
 
@@ -162,22 +172,22 @@ def format_markdown(study: dict) -> str:
                      f"{a['best']['epoch']} ({a['best']['eval_loss']:.3f}) | {a['report_loss']:.3f} ± "
                      f"{a['report_standard_error_mc']:.3f} | {a['stopped_at_epoch']} | "
                      f"{a['best']['train_flops']:.2e} |")
-    lines += ["", "## Diffusion vs AR on the report blocks (paired; SE clustered by document + Monte-Carlo)", "",
-              "| budget | seed | comparison | diffusion | AR | diffusion - AR | SE (cluster, MC) | winner |",
+    lines += ["", "## Against AR on the report blocks (paired; SE clustered by document + Monte-Carlo)", "",
+              "| budget | seed | comparison | arm | AR arm | arm - AR | SE (cluster, MC) | winner |",
               "|---|---|---|---|---|---|---|---|"]
     for v in summary["verdicts"]:
-        lines.append(f"| {tokens_label(v['budget'])} | {v['seed']} | {v['comparison']} | {v['diffusion']} | "
+        lines.append(f"| {tokens_label(v['budget'])} | {v['seed']} | {v['comparison']} | {v['challenger']} | "
                      f"{v['ar']} | {v['difference']:+.3f} | {v['standard_error']:.3f} "
                      f"({v['cluster_standard_error']:.3f}, {v['monte_carlo_standard_error']:.3f}) | {v['winner']} |")
     lines += ["", "Claims (a winner needs > 2 SE in every seed run, and at least two seeds):", ""]
-    lines += [f"- {tokens_label(c['budget'])}: {c['claim'] or 'no claim'} ({c['seeds']} seed run(s): "
-              f"{', '.join(c['winners'])})" for c in summary["claims"]]
+    lines += [f"- {tokens_label(c['budget'])}, {c['objective']} vs AR: {c['claim'] or 'no claim'} ({c['seeds']} seed "
+              f"run(s): {', '.join(c['winners'])})" for c in summary["claims"]]
     lines += ["", "## Crossover: measured vs predicted", "",
-              "| budget | predicted C_crit (FLOPs) | measured crossover (FLOPs) | largest compute trained |",
-              "|---|---|---|---|"]
+              "| budget | objective vs AR | predicted C_crit (FLOPs) | measured crossover (FLOPs) | largest compute "
+              "trained |", "|---|---|---|---|---|"]
     for c in summary["crossovers"]:
         measured = f"{c['measured_flops']:.2e}" if c["measured_flops"] else "none"
-        lines.append(f"| {tokens_label(c['budget'])} | {c['predicted_flops']:.2e} | {measured} | "
+        lines.append(f"| {tokens_label(c['budget'])} | {c['objective']} | {c['predicted_flops']:.2e} | {measured} | "
                      f"{c['largest_flops_trained']:.2e} |")
     lines += ["", "## Data-reuse half-life R*", "", "| objective | arms | R* [95% CI] |", "|---|---|---|"]
     for objective, r in summary["reuse"].items():
@@ -212,7 +222,8 @@ def plot_study(study: dict, path: Path) -> None:
     arms = study["arms"]
     budgets = sorted({a["budget"] for a in arms})
     figure, axes = plt.subplots(2, len(budgets), figsize=(5.5 * len(budgets), 8), squeeze=False)
-    colours = {"ar": "tab:blue", "diffusion": "tab:orange"}
+    objectives = list(dict.fromkeys(a["objective"] for a in arms))
+    colours = {o: f"C{i}" for i, o in enumerate(objectives)}
     for column, budget in enumerate(budgets):
         top, bottom = axes[0][column], axes[1][column]
         plain = sorted(_plain(arms, budget), key=lambda a: _size_key(a["size"]))
