@@ -31,7 +31,8 @@ def test_ladder_config_builds_its_size(name, mode):
     # the head that runs here (chunked without CUDA), recorded in the config that is saved with the run
     assert model.config.training_mode == mode
     assert model.config.head_implementation == config["model"]["head_implementation"] == head_that_runs("triton")
-    assert model.config.max_position_embeddings == config["data"]["block_size"]
+    # AR's context token in front of every block takes one position more
+    assert model.config.max_position_embeddings == config["data"]["block_size"] + (mode == "autoregressive")
 
 
 def test_ladder_rungs_share_everything_but_the_shape():
