@@ -8,7 +8,7 @@
 # and a kernel profile per head), then the data-constrained study. Prints compact tables; files land in $OUT.
 # Usage on the GPU machine, from the repo root, with ../shared/data present (or DATA=path/to/data):
 #   OUT=gpu_out bash scripts/gpu_checks.sh
-#   BUDGETS=0.25M,0.5M SIZES=128x2,256x4 bash scripts/gpu_checks.sh
+#   BUDGETS=0.25M,0.5M SIZES=128x2,256x4 STUDY_ARGS="--objectives ar,diffusion,bd16" bash scripts/gpu_checks.sh
 #   COMPILE=false,true,reduce-overhead bash scripts/gpu_checks.sh   # also the compiled backbone without CUDA graphs
 #   RUN_STUDY=0 bash scripts/gpu_checks.sh                          # the kernel check and the benchmark only
 #   RUN_BENCHMARK=0 RUN_STUDY=0 bash scripts/gpu_checks.sh          # the reliability run only (RUN_RELIABILITY=0: none)
@@ -108,7 +108,7 @@ fi
 timeout "${STUDY_TIMEOUT:-540}" python scripts/data_constrained_study.py --config "$STUDY_CONFIG" \
     --unique-tokens "${BUDGETS:-0.25M,0.5M,1M}" --sizes "${SIZES:-128x2,192x3,256x4}" \
     --max-epochs "${MAX_EPOCHS:-300}" --extra-at "${SEED_BUDGET:-0.5M}" --dropout "${DROPOUT:-0}" \
-    --output-dir "$STUDY_DIR" ${STUDY_OVERRIDES:-} 2>&1 | grep -v "it/s\]" | tee "$OUT/study.log"
+    --scorer-tokens "${SCORER_TOKENS:-1000000}" ${STUDY_ARGS:-} --output-dir "$STUDY_DIR" ${STUDY_OVERRIDES:-} 2>&1 | grep -v "it/s\]" | tee "$OUT/study.log"
 # the study summary and every finished arm's result come back (carry them into STUDY_DIR to resume elsewhere)
 cp "$STUDY_DIR"/{study.json,study.md,study.png} "$OUT/" 2>/dev/null
 mkdir -p "$OUT/runs" && for r in "$STUDY_DIR"/runs/*/result.json; do

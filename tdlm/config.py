@@ -17,9 +17,11 @@ Validation runs the owners' own rules (`TDLMConfig.check_values`, `DiffusionGene
 errors carry the offending field; the precision that runs (`running_precision`) is resolved here too.
 """
 
+import contextlib
 import copy
 import dataclasses
 import inspect
+import io
 import math
 import os
 import re
@@ -29,11 +31,15 @@ from pathlib import Path
 import torch
 import yaml
 from transformers import TrainingArguments
-from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 from transformers.trainer_utils import SchedulerType
 
 from .configuration_tdlm import InvalidConfigValue, TDLMConfig
 from .generation_tdlm import DiffusionGenerationConfig
+
+# transformers prints "[INFO] Running in WANDB offline mode" when this module is first imported with
+# WANDB_MODE=offline: on every command, --help included, before anything ran
+with contextlib.redirect_stdout(io.StringIO()):
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
 
 def _types_of(default, annotation=None) -> tuple:

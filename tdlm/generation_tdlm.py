@@ -539,7 +539,8 @@ class DiffusionGenerationMixin:
         if config.num_return_sequences and config.num_return_sequences > 1:  # as generate(): samples per prompt
             input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
             attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
-        is_canvas = bool((input_ids == mask_id).all())  # an all-mask input is itself the canvas
+        # an all-mask input is itself the canvas; an empty prompt ([B, 0]) is not: masks are appended to it
+        is_canvas = input_ids.shape[1] > 0 and bool((input_ids == mask_id).all())
         new_tokens = 0 if is_canvas else (config.max_new_tokens or 0)
         if new_tokens:
             masks = torch.full((input_ids.shape[0], new_tokens), mask_id, dtype=torch.long, device=device)

@@ -1,12 +1,14 @@
 """The model card (README.md) of a published TDLM checkpoint, built with huggingface_hub's ModelCard.
 
 Metadata: license (the code's, MIT), pipeline tag per objective (fill-mask for diffusion, which the masked-LM head
-serves; text-generation for AR), training data sets, and a `model-index` of `EvalResult`s: the held-out NELBO (an
-upper bound on the NLL) or exact NLL, and every downstream score found in the experiment's results/. Body: what
-the model is, intended use, limitations, how to sample, results, the training config and the method papers.
-Nothing in the card names a local path: the config dump keeps only file names.
+serves; text-generation for AR), training data sets, and a `model-index` of `EvalResult`s: the run's own held-out
+NELBO (an upper bound on the NLL) or exact NLL, and the downstream scores of whole tasks found in the experiment's
+results/, filed under the task type Hub leaderboards use. Body: what the model is, intended use, limitations, how
+to sample, every score with what it was computed on (tokens, documents, any --limit), the training config that ran
+and the method papers. Nothing in the card names a local path: the config dump keeps only file names.
 """
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +75,15 @@ def is_local_path(value: str) -> bool:
     return Path(value).exists() or value.startswith(("/", ".", "~")) or value.count("/") > 1
 
 
+# where this machine kept things (no fact about the model; a file name alone would read as a setting)
+MACHINE_KEYS = ("cache_dir",)
+
+
 def public_config(value):
-    """The config with credential-like keys dropped and local paths reduced to their file names."""
+    """The config with credential-like keys and MACHINE_KEYS dropped and local paths reduced to their file names."""
     if isinstance(value, dict):
-        return {k: public_config(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+        return {k: public_config(v) for k, v in value.items()
+                if not _SECRET_KEY.search(str(k)) and k not in MACHINE_KEYS}
     if isinstance(value, list):
         return [public_config(v) for v in value]
     if isinstance(value, str) and is_local_path(value):
@@ -108,16 +115,65 @@ def data_source(data: dict, role: str) -> DataSource | None:
 # ---------------------------------------------------------------------------------------------
 # Evaluation results -> model-index
 # ---------------------------------------------------------------------------------------------
-def _task_scores(result: dict, stem: str) -> dict[str, dict]:
-    """{task: {metric: value}} of one results file: ours (`downstream`), lm-eval's (`results`, "acc,none"
-    keys, tdlm_ task prefix) or a bare per-task file (<task>.json with acc / acc_norm)."""
+# the task type Hub leaderboards file benchmarks under (the Open LLM Leaderboard's model-index entries)
+BENCHMARK_TASK_TYPE = "text-generation"
+OWN_EVALUATION = ("summary", "eval_")  # results files of the run's own (Trainer) evaluation
+
+
+@dataclass(frozen=True)
+class Score:
+    """One number of a results file, with what it was computed on."""
+    task: str
+    metric: str
+    metric_name: str
+    value: float
+    dataset: tuple  # (Hub id, name, config, split)
+    evaluated_on: str  # "4,096 tokens", "100 of 2,376 documents (limit 100)", ...
+    source: str  # the results file
+    in_model_index: bool  # full-task scores with a known size, and the run's own held-out score
+
+
+def _count(number, unit: str) -> str:
+    return f"{number:,} {unit}" if isinstance(number, int) else f"{unit}: not recorded"
+
+
+def _held_out(result: dict, mode: str) -> tuple[float, int | None] | None:
+    """(loss per token, tokens) of a results file: summary's best_eval_loss, an eval-only run's eval_loss, or
+    tdlm-evaluate's likelihood section."""
+    likelihood = result.get("likelihood") or {}
+    for value, tokens in ((likelihood.get(objective_for(mode).held_out_metric[0]), likelihood.get("num_tokens")),
+                          (result.get("eval_loss"), result.get("eval_tokens")),
+                          (result.get("best_eval_loss"), result.get("eval_tokens"))):
+        if isinstance(value, (int, float)):
+            return float(value), tokens
+    return None
+
+
+def _task_scores(result: dict, stem: str) -> list[tuple[str, dict, int | None, str | None]]:
+    """(task, {metric: value}, documents scored, limit note or None) of one results file: ours (`downstream`,
+    `settings.limit`), lm-eval's (`results` with "acc,none" keys and tdlm_ prefixes, `n-samples`) or a bare
+    per-task file (<task>.json with acc / acc_norm, num_docs, limit)."""
     if isinstance(result.get("downstream"), dict):
-        return result["downstream"]
+        limit = (result.get("settings") or {}).get("limit")
+        return [(task, scores, scores.get("num_docs"), f"limit {limit}" if limit is not None else None)
+                for task, scores in result["downstream"].items()]
     if isinstance(result.get("results"), dict):
-        return {task.removeprefix("tdlm_"): {key.split(",")[0]: value for key, value in metrics.items()
-                                             if "," in key and "stderr" not in key}
-                for task, metrics in result["results"].items()}
-    return {stem: result} if "acc" in result else {}
+        samples, limit = result.get("n-samples") or {}, (result.get("config") or {}).get("limit")
+        found = []
+        for task, metrics in result["results"].items():
+            counts = samples.get(task) or {}
+            effective, original = counts.get("effective"), counts.get("original")
+            limited = effective < original if counts else limit is not None
+            note = f"{effective:,} of {original:,} documents, limit {limit}" if limited and counts else (
+                f"limit {limit}" if limited else None)
+            found.append((task.removeprefix("tdlm_"),
+                          {key.split(",")[0]: value for key, value in metrics.items()
+                           if "," in key and "stderr" not in key}, effective, note))
+        return found
+    if "acc" in result:
+        return [(stem, result, result.get("num_docs"),
+                 f"limit {result['limit']}" if result.get("limit") is not None else None)]
+    return []
 
 
 def _task_dataset(task: str) -> tuple[str, str, str | None, str | None]:
@@ -135,46 +191,57 @@ def _task_dataset(task: str) -> tuple[str, str, str | None, str | None]:
     return dataset.id, dataset.name, dataset.config, dataset.split
 
 
-def _held_out(result: dict, mode: str) -> float | None:
-    """The held-out loss per token in a results file: summary's best_eval_loss, an eval run's eval_loss, or
-    tdlm-evaluate's likelihood section."""
-    likelihood = result.get("likelihood") or {}
-    for value in (likelihood.get(objective_for(mode).held_out_metric[0]), result.get("eval_loss"),
-                  result.get("best_eval_loss")):
-        if isinstance(value, (int, float)):
-            return float(value)
-    return None
-
-
-def eval_results(results: dict[str, dict], mode: str, eval_data: DataSource | None) -> list[EvalResult]:
-    """One EvalResult per (data set, metric) found in results/ (later files override summary.json)."""
-    task_type = objective_for(mode).pipeline_tag
-    found: dict[tuple, EvalResult] = {}
+def collect_scores(results: dict[str, dict], mode: str, eval_data: DataSource | None) -> list[Score]:
+    """Every score in results/, each with what it was computed on. The model-index takes the run's own held-out
+    score (tdlm-evaluate's only when the run has none) and downstream scores of whole tasks; `--limit` runs and
+    scores without a document count stay out of it (leaderboards read the model-index as full results)."""
+    metric, metric_name = objective_for(mode).held_out_metric
+    held_out, tasks = [], {}
     for stem, result in results.items():
         loss = _held_out(result, mode)
         if loss is not None and eval_data is not None:
-            metric = objective_for(mode).held_out_metric
-            found[("held-out", metric[0])] = EvalResult(
-                task_type=task_type, task_name="held-out likelihood", dataset_type=eval_data.hub_id,
-                dataset_name=eval_data.hub_id, dataset_config=eval_data.config, dataset_split=eval_data.split,
-                metric_type=metric[0], metric_name=metric[1], metric_value=round(loss, 4))
-        for task, scores in _task_scores(result, stem).items():
-            hub_id, name, config, split = _task_dataset(task)
-            for metric in ("acc", "acc_norm", "perplexity"):
-                if isinstance(scores.get(metric), (int, float)):
-                    found[(task, metric)] = EvalResult(
-                        task_type=task_type, task_name=task, dataset_type=hub_id, dataset_name=name,
-                        dataset_config=config, dataset_split=split, metric_type=metric, metric_name=metric,
-                        metric_value=round(float(scores[metric]), 4))
-    return list(found.values())
+            own = stem.startswith(OWN_EVALUATION)
+            held_out.append(Score("held-out likelihood", metric, metric_name, round(loss[0], 4),
+                                  (eval_data.hub_id, eval_data.hub_id, eval_data.config, eval_data.split),
+                                  _count(loss[1], "tokens") + (" (the run's own evaluation)" if own else ""),
+                                  f"{stem}.json", own))
+        for task, scores, docs, limited in _task_scores(result, stem):
+            for name in ("acc", "acc_norm", "perplexity"):
+                if isinstance(scores.get(name), (int, float)):
+                    on = _count(docs, "documents") + (f" ({limited})" if limited else "")
+                    tasks[(task, name)] = Score(task, name, name, round(float(scores[name]), 4), _task_dataset(task),
+                                                on, f"{stem}.json", docs is not None and not limited)
+    if held_out and not any(score.in_model_index for score in held_out):
+        held_out[-1] = dataclasses.replace(held_out[-1], in_model_index=True)
+    return held_out + list(tasks.values())
 
 
-def _results_table(results: list[EvalResult]) -> str:
-    if not results:
+def eval_results(results: dict[str, dict], mode: str, eval_data: DataSource | None) -> list[EvalResult]:
+    """The model-index entries of results/ (`collect_scores`)."""
+    return model_index(collect_scores(results, mode, eval_data), mode)
+
+
+def model_index(scores: list[Score], mode: str) -> list[EvalResult]:
+    """The scores the model-index takes: benchmarks under the leaderboards' task type, the held-out score under the
+    model's."""
+    held_out_type = objective_for(mode).pipeline_tag
+    return [EvalResult(task_type=held_out_type if s.task == "held-out likelihood" else BENCHMARK_TASK_TYPE,
+                       task_name=s.task, dataset_type=s.dataset[0], dataset_name=s.dataset[1],
+                       dataset_config=s.dataset[2], dataset_split=s.dataset[3], metric_type=s.metric,
+                       metric_name=s.metric_name, metric_value=s.value)
+            for s in scores if s.in_model_index]
+
+
+def _results_table(scores: list[Score]) -> str:
+    if not scores:
         return "No evaluation results were recorded with this checkpoint."
-    rows = [f"| {r.task_name} | {r.dataset_name} ({r.dataset_split or 'n/a'}) | {r.metric_name} | {r.metric_value} |"
-            for r in results]
-    return "| task | data set (split) | metric | value |\n|---|---|---|---|\n" + "\n".join(rows)
+    rows = [f"| {s.task} | {s.dataset[1]} ({s.dataset[3] or 'n/a'}) | {s.metric_name} | {s.value} | {s.evaluated_on} "
+            f"| {'yes' if s.in_model_index else 'no'} |" for s in scores]
+    note = ("" if all(s.in_model_index for s in scores) else
+            "\n\nRows marked *no* are not in the model-index: runs limited to part of a task (`--limit`), scores "
+            "without a recorded document count, and held-out scores other than the run's own evaluation.")
+    return ("| task | data set (split) | metric | value | evaluated on | in model-index |\n|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + note)
 
 
 def usage_snippet(repo_id: str, training_mode: str) -> str:
@@ -206,13 +273,13 @@ def model_card(checkpoint, repo_id: str | None = None, license: str = LICENSE, e
     data = (raw_config or {}).get("data") or {}
     train_data, eval_data = data_source(data, "train"), data_source(data, "eval")
     hub_base = base_model if base_model and not is_local_path(base_model) else None
-    scores = eval_results(results, mode, eval_data)
+    scores = collect_scores(results, mode, eval_data)
     datasets = sorted({s.hub_id for s in (train_data, eval_data) if s and _HUB_ID.match(s.hub_id)})
     metadata = ModelCardData(
         library_name="transformers", license=license, pipeline_tag=objective_for(mode).pipeline_tag, language="en",
         tags=["tdlm", mode, objective_for(mode).card_tag],
         datasets=datasets or None, base_model=hub_base, model_name=repo_id.split("/")[-1],
-        eval_results=scores or None)
+        eval_results=model_index(scores, mode) or None)
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(
         _body(repo_id, mode, config, results.get("summary", {}), train_data, eval_data, base_model, hub_base,
               scores, raw_config)))

@@ -178,6 +178,11 @@ class TDLMPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["TDLMDecoderLayer"]
     _supports_sdpa = True
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        # PEFT reads this alias, which transformers 5 deprecates with a FutureWarning on every LoRA wrap and load
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, TDLMRotaryEmbedding):

@@ -245,6 +245,13 @@ def staging_folder(checkpoints_dir, step: int) -> Path:
     return Path(checkpoints_dir) / f"{STAGING_PREFIX}{step}"
 
 
+def final_location(folder) -> Path:
+    """Where a folder being written will live: a checkpoint written under a staging folder
+    (checkpoints/.tmp-<step>/checkpoint-<step>) is renamed into checkpoints/ by `commit_checkpoint`."""
+    folder = Path(folder).resolve()
+    return folder.parent.parent / folder.name if folder.parent.name.startswith(STAGING_PREFIX) else folder
+
+
 def commit_checkpoint(staged: Path, final: Path) -> None:
     """Move a fully written checkpoint into place (an atomic rename; an older folder of that step is replaced)."""
     if final.exists():  # re-saving the same step (e.g. an eval-only run's folder)
@@ -382,8 +389,10 @@ def load_checkpoint(path, device: str | None = None):
         raise FileNotFoundError(f"no config.json in checkpoint folder {path}")
     try:
         model = load_model(path)
-    except (OSError, SafetensorError) as error:  # a truncated or missing weights file
-        raise ValueError(f"{path}: cannot load the model weights ({str(error).splitlines()[0]})") from None
+    except (OSError, SafetensorError) as error:  # a truncated or missing weights file: name it
+        weights = sorted(path.glob("*.safetensors")) or [path / "model.safetensors"]
+        raise ValueError(f"{', '.join(map(str, weights))}: cannot load the model weights "
+                         f"({str(error).splitlines()[0]})") from None
     bad = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
     if bad:
         raise FloatingPointError(f"{path}: {bad} model weights are NaN/inf; its outputs would be meaningless")

@@ -1,9 +1,13 @@
 """Text in, text out: sample from a checkpoint folder with the sampler its objective calls for (`Objective.sample`).
 
 Diffusion and block-diffusion checkpoints use `diffusion_generate` (defaults from the checkpoint's
-generation_config.json); autoregressive ones use the stock KV-cached `generate()`.
+generation_config.json); autoregressive ones use the stock KV-cached `generate()`. `infill_text` fills the gaps of a
+text (masked diffusion only).
 """
 
+import re
+
+import torch
 from tqdm.auto import tqdm
 
 from .objectives import objective_for
@@ -27,7 +31,7 @@ def generate_text(model, tokenizer, prompts, max_new_tokens=None, num_samples=1,
     `max_new_tokens=None` fits the default to the model (`fit_new_tokens`).
 
     Each prompt's samples are one batch seeded with `seed`, so a prompt's samples do not depend on the other prompts.
-    `show_progress`: a bar over samples and, for diffusion, one over each batch's sampling steps.
+    `show_progress`: one bar, over a single prompt's diffusion steps, else over the samples.
     `options` go to `diffusion_generate` (num_steps, step_schedule, remasking, confidence_threshold,
     block_length, temperature, top_k, top_p, stop_at_eos) or, for AR models, to `generate()`
     (temperature, top_k, top_p; do_sample follows temperature > 0).
@@ -37,9 +41,44 @@ def generate_text(model, tokenizer, prompts, max_new_tokens=None, num_samples=1,
     if max_new_tokens is None:
         max_new_tokens = fit_new_tokens(model, [len(ids) for ids in encoded])
     texts = []
-    with tqdm(total=len(prompts) * num_samples, desc="samples", unit="sample", disable=not show_progress) as bar:
+    # one bar: a single prompt's diffusion steps, else the samples (two nested bars leave escape codes in logs)
+    step_bar = show_progress and model.config.uses_mask_token and len(prompts) == 1
+    with tqdm(total=len(prompts) * num_samples, desc="samples", unit="sample",
+              disable=not show_progress or step_bar) as bar:
         for ids in encoded:
-            out = objective.sample(model, ids, num_samples, max_new_tokens, seed, show_progress, dict(options))
+            out = objective.sample(model, ids, num_samples, max_new_tokens, seed, step_bar, dict(options))
             texts += tokenizer.batch_decode(out, skip_special_tokens=True)
             bar.update(num_samples)
     return texts
+
+
+def infill_ids(tokenizer, text: str, placeholder: str | None = None) -> list[int]:
+    """Token ids of `text` with every `placeholder` (default: the tokenizer's mask token) as one mask token and
+    `placeholder*N` as N of them."""
+    placeholder = placeholder or tokenizer.mask_token
+    pieces = re.split(rf"{re.escape(placeholder)}(?:\*(\d+))?", text)
+    if len(pieces) == 1:
+        raise ValueError(f"--infill text has no gap to fill: write each missing token as {placeholder} "
+                         f"(or {placeholder}*N for N tokens)")
+    ids = []
+    for index, piece in enumerate(pieces):
+        if index % 2 == 0:  # text; re.split puts each gap's N (None without *N) between the texts
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+        else:
+            ids += [tokenizer.mask_token_id] * int(piece or 1)
+    return ids
+
+
+def infill_text(model, tokenizer, text: str, placeholder: str | None = None, num_samples: int = 1, seed: int = 0,
+                show_progress: bool = False, **options) -> list[str]:
+    """`num_samples` versions of `text` with its gaps (`infill_ids`) filled by a masked diffusion model; every other
+    token is kept. `options` go to `diffusion_generate`."""
+    if not model.config.is_diffusion:
+        raise ValueError("infilling needs a masked diffusion checkpoint; an autoregressive (or block-diffusion) model "
+                         "continues a prompt")
+    ids = infill_ids(tokenizer, text, placeholder)
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    input_ids = torch.tensor([ids] * num_samples, device=model.device)
+    out = model.diffusion_generate(input_ids, max_new_tokens=None, generator=generator, show_progress=show_progress,
+                                   **options)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)

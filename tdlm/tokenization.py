@@ -1,10 +1,13 @@
 """Tokenizers for TDLM: GPT-2 BPE plus an absorbing `<|mask|>` token, or a small BPE trained on a corpus."""
 
 import codecs
+import json
 from pathlib import Path
 
 MASK_TOKEN = "<|mask|>"
 EOS_TOKEN = "<|endoftext|>"
+# files a saved tokenizer folder holds (fast: tokenizer.json; GPT-2 style: vocab.json + merges.txt)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 
 def load_tokenizer(name_or_path: str = "gpt2", **kwargs):
@@ -18,12 +21,29 @@ def load_tokenizer(name_or_path: str = "gpt2", **kwargs):
     path = Path(name_or_path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"tokenizer path {name_or_path} is a file; pass the folder that holds it")
+    if path.is_dir():
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise ValueError(f"tokenizer folder {name_or_path} holds no tokenizer files (one of {TOKENIZER_FILES})")
+        if _is_tdlm_checkpoint(path):
+            # a checkpoint folder: AutoTokenizer would load its config.json through the remote code (asking
+            # whether to trust it) only to learn the model type; the tokenizer itself is a stock one
+            from .configuration_tdlm import TDLMConfig
+
+            kwargs.setdefault("config", TDLMConfig.from_pretrained(path))
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     if tokenizer.mask_token is None:
         tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _is_tdlm_checkpoint(folder: Path) -> bool:
+    config = folder / "config.json"
+    try:
+        return config.is_file() and json.loads(config.read_text()).get("model_type") == "tdlm"
+    except json.JSONDecodeError:
+        return False
 
 
 def train_bpe_tokenizer(files, vocab_size: int = 1024, min_frequency: int = 2):
@@ -60,6 +80,14 @@ def _check_utf8_text(name: str) -> None:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise ValueError(f"tokenizer training file {name} is not UTF-8 text (it ends inside a character)") from None
+
+
+def is_utf8_text(name) -> bool:
+    try:
+        _check_utf8_text(name)
+        return True
+    except ValueError:
+        return False
 
 
 def config_kwargs_for_tokenizer(tokenizer) -> dict:

@@ -69,18 +69,22 @@ def make_experiment(root: Path, mode: str = "diffusion", steps=(10, 20)) -> Path
     (experiment / "results").mkdir()
     summary = {"experiment_id": experiment.name, "training_mode": mode,
                "best_checkpoint": str(experiment / "checkpoints" / f"checkpoint-{steps[0]}"),
-               "best_eval_loss": 4.321, "best_epoch": 1.0,
+               "best_eval_loss": 4.321, "eval_tokens": 4096, "best_epoch": 1.0,
                "final_checkpoint": str(experiment / "checkpoints" / f"checkpoint-{steps[-1]}"),
                "train_tokens": 12345, "epochs": 2, "train_runtime_s": 1.5, "tokens_per_second": 999.0,
                "num_parameters": 1_640_000}
     (experiment / "results" / "summary.json").write_text(json.dumps(summary))
-    (experiment / "results" / "hellaswag.json").write_text(json.dumps({"acc": 0.2567, "acc_stderr": 0.0044}))
+    (experiment / "results" / "hellaswag.json").write_text(json.dumps({"acc": 0.2567, "acc_stderr": 0.0044,
+                                                                       "num_docs": 10042}))
     (experiment / "results" / "evaluate.json").write_text(json.dumps({  # what tdlm-evaluate --output writes
         "checkpoint": str(experiment / "checkpoints" / f"checkpoint-{steps[0]}"),
-        "likelihood": {"nelbo" if mode == "diffusion" else "nll": 4.4, "eval_data": "../shared/data/x.raw"},
-        "downstream": {"arc_easy": {"acc": 0.31, "acc_norm": 0.3, "num_docs": 100}}}))
+        "likelihood": {"nelbo" if mode == "diffusion" else "nll": 4.4, "num_tokens": 1024,
+                       "eval_data": "../shared/data/x.raw"},
+        "downstream": {"arc_easy": {"acc": 0.31, "acc_norm": 0.3, "num_docs": 100}},
+        "settings": {"tasks": ["arc_easy"], "limit": 100}}))
     (experiment / "results" / "lm_eval.json").write_text(json.dumps({  # what tdlm-lm-eval --output_path writes
-        "results": {"tdlm_mmlu_anatomy": {"alias": "x", "acc,none": 0.25, "acc_stderr,none": 0.04}}}))
+        "results": {"tdlm_mmlu_anatomy": {"alias": "x", "acc,none": 0.25, "acc_stderr,none": 0.04}},
+        "n-samples": {"tdlm_mmlu_anatomy": {"original": 135, "effective": 135}}, "config": {"limit": None}}))
     return experiment
 
 

@@ -61,6 +61,8 @@ def paths(corpus, tmp_path_factory):  # noqa: F811
     (copies["noweights"] / "model.safetensors").unlink()
     (broken / "bad.yaml").write_text("model: {hidden_size: [32\n")
     (broken / "binary.raw").write_bytes(bytes(range(256)) * 8)
+    (broken / "short.txt").write_text("too short\n")
+    (broken / "emptytok").mkdir()
     config_file = broken / "tiny.yaml"
     save_config(tiny_config(corpus, "training.max_steps=1", "data.eval_files=null"), config_file)
     return {"root": root, "exp": root / "dd", "dd": dd, "ar": root / "ar" / "checkpoints" / "checkpoint-2",
@@ -126,6 +128,11 @@ TRAIN_CASES = [  # (overrides or argv, exit code, words in the message)
     (["model.train_bpe=null", "model.tokenizer=no-such-org/no-such-tokenizer"], 1, ["model.tokenizer", "cannot load"]),
     (["model.train_bpe={{files: [{broken}/binary.raw]}}"], 1, ["binary.raw", "not UTF-8"]),
     (["model.train_bpe={{files: [{broken}/none.txt]}}"], 1, ["none.txt", "not found"]),
+    (["model.train_bpe=null", "model.tokenizer={broken}/emptytok"], 1, ["model.tokenizer", "emptytok",
+                                                                       "no tokenizer files"]),
+    (["data.train_files={broken}/binary.raw"], 1, ["binary.raw", "not UTF-8"]),
+    (["data.train_files={broken}/short.txt"], 1, ["data.train_files=", "short.txt", "fewer than one block"]),
+    (["data.eval_files={broken}/short.txt"], 1, ["data.eval_files=", "short.txt", "fewer than one block"]),
 ]
 TRAIN_ARGV_CASES = [  # whole argv
     (["--config", "{broken}/bad.yaml", "--output-dir", "{root}"], 1, ["bad.yaml", "not a valid YAML file"]),
@@ -166,7 +173,7 @@ GENERATE_CASES = [  # (argv, exit code, words)
     (["--model", "{root}/no_such_checkpoint"], 1, ["no_such_checkpoint"]),
     (["--model", "{exp}"], 1, ["no config.json", "dd"]),
     (["--model", "{dd}", "--prompt", "the " * 40], 1, ["prompt has", "max_position_embeddings=16"]),
-    (["--model", "{torn}"], 1, ["torn", "cannot load the model weights"]),
+    (["--model", "{torn}"], 1, ["torn/model.safetensors", "cannot load the model weights"]),
     (["--model", "{noweights}"], 1, ["noweights", "cannot load the model weights"]),
     (["--model", "{nan}"], 1, ["nan", "NaN/inf"]),
     (["--model", "{ar}", "--num-steps", "4"], 2, ["autoregressive", "diffusion models only"]),
@@ -196,7 +203,7 @@ EVALUATE_CASES = [
     (["--model", "{dd}", "--tasks", "no_such_task", "--limit", "2"], 1, ["unknown task", "no_such_task"]),
     (["--model", "{root}/no_such_checkpoint", "--tasks", "arc_easy"], 1, ["no_such_checkpoint"]),
     (["--model", "{nan}", "--likelihood", "--eval-file", "{corpus}/eval.txt"], 1, ["nan", "NaN/inf"]),
-    (["--model", "{torn}", "--tasks", "arc_easy"], 1, ["torn", "cannot load the model weights"]),
+    (["--model", "{torn}", "--tasks", "arc_easy"], 1, ["torn/model.safetensors", "cannot load the model weights"]),
     (EVALUATE + ["--max-blocks", "2", "--nelbo-samples", "2"], 0, []),
 ]
 
@@ -286,7 +293,7 @@ API_CASES = [
     ("AR max_new_tokens 0", _ar_generate([[5]], max_new_tokens=0), ValueError, ["max_new_tokens", ">= 1"]),
     ("prompt too long", lambda p: generate_text(*_dd(p), ["the " * 40]), ValueError, ["prompt has"]),
     ("nan checkpoint", lambda p: load_checkpoint(p["nan"]), FloatingPointError, ["nan", "NaN/inf"]),
-    ("torn weights", lambda p: load_checkpoint(p["torn"]), ValueError, ["torn", "cannot load"]),
+    ("torn weights", lambda p: load_checkpoint(p["torn"]), ValueError, ["torn/model.safetensors", "cannot load"]),
     ("nelbo samples 0", lambda p: evaluate_checkpoint(p["dd"], likelihood=True, num_samples=0), ValueError,
      ["num_samples", ">= 1"]),
     ("mc_num 0", lambda p: evaluate_checkpoint(p["dd"], ["arc_easy"], mc_num=0), ValueError, ["mc_num", ">= 1"]),

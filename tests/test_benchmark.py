@@ -26,7 +26,9 @@ def test_gpu_checks_script_runs_benchmark_and_study_on_cpu(tmp_path):
            "BENCH_ARGS": "--steps 2 --warmup 1 --sampling-steps 4 --sampling-batch 2 --sampling-length 16 "
                          "--repeats 1 --profile training.batch_size=8",
            "STUDY_CONFIG": "configs/quick_test.yaml", "MAX_EPOCHS": "2", "BUDGETS": "2k,4k", "SIZES": "32x1",
-           "SEED_BUDGET": "4k", "DROPOUT": "0.1", "STUDY_OVERRIDES": "training.batch_size=8"}
+           "SEED_BUDGET": "4k", "DROPOUT": "0.1", "SCORER_TOKENS": "2000", "STUDY_TIMEOUT": "1200",
+           "STUDY_ARGS": "--selection-samples 2 --report-samples 2 --gen-samples 2 --gen-steps 4",
+           "STUDY_OVERRIDES": "training.batch_size=8"}
     env.pop("TRITON_INTERPRET", None)
     result = subprocess.run(["bash", "scripts/gpu_checks.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=900)
@@ -56,6 +58,7 @@ def test_gpu_checks_script_runs_benchmark_and_study_on_cpu(tmp_path):
     assert {a["budget"] for a in arms if a["seed"] == 1 or a["dropout"]} == {4000}
     assert (out / "study.md").exists() and (out / "study.png").stat().st_size > 0
     assert len(list((out / "runs").glob("*/result.json"))) == len(arms)  # what another machine needs to resume
+    assert len(summary["sample_quality"]["rows"]) == 1 + 2 * 2  # real text, then each objective's best per budget
 
 
 @pytest.mark.slow

@@ -134,7 +134,9 @@ def test_a_registered_task_runs_through_the_api_the_cli_lm_eval_and_the_model_ca
     assert rows[1] == {"context": "Two plus two is", "choices": ["four", "green"], "gold": 0}
     assert write_lm_eval_tasks(tmp_path / "all")[-1] == "tdlm_tiny_qa"  # the default is every registered task
 
-    (card_result,) = eval_results({"evaluate": {"downstream": {"tiny_qa": {"acc": 0.5}}}}, "autoregressive", None)
+    # (the model-index takes whole-task scores with their document count: issue 26)
+    (card_result,) = eval_results({"evaluate": {"downstream": {"tiny_qa": {"acc": 0.5, "num_docs": 3}}}},
+                                  "autoregressive", None)
     assert (card_result.dataset_type, card_result.dataset_name, card_result.dataset_split) == (
         "someone/tiny_qa", "Tiny QA", "test")
 

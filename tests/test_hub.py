@@ -96,14 +96,20 @@ def test_model_card_parses_with_huggingface_hub_and_has_no_secrets_or_local_path
     assert data.datasets == ["Salesforce/wikitext"] and data.model_name == "tdlm-tiny"
     scores = {(r.task_name, r.metric_type): r for r in data.eval_results}  # the model-index, parsed back
     held_out = scores[("held-out likelihood", "nelbo")]
-    assert held_out.metric_value == 4.4  # tdlm-evaluate's result overrides summary.json's best_eval_loss
+    assert held_out.metric_value == 4.321  # the run's own evaluation, not a later tdlm-evaluate run (4.4)
     assert (held_out.dataset_type, held_out.dataset_config, held_out.dataset_split) == (
         "Salesforce/wikitext", "wikitext-2-raw-v1", "test")
     assert scores[("hellaswag", "acc")].metric_value == 0.2567 and scores[("hellaswag", "acc")].dataset_type == (
         "Rowan/hellaswag")
-    assert scores[("arc_easy", "acc_norm")].metric_value == 0.3  # from tdlm-evaluate's downstream section
-    assert scores[("mmlu_anatomy", "acc")].dataset_config == "anatomy"  # from lm-eval's results file
+    assert scores[("mmlu_anatomy", "acc")].dataset_config == "anatomy"  # from lm-eval's results file (all 135 docs)
+    assert ("arc_easy", "acc_norm") not in scores  # a --limit 100 run is no full-benchmark result
+    assert {r.task_type for r in data.eval_results if r.task_name != "held-out likelihood"} == {"text-generation"}
     assert metadata_load(folder / "README.md")["model-index"][0]["name"] == "tdlm-tiny"
+    # the body lists every score with what it was computed on, limited ones marked as left out of the model-index
+    assert "| 4.321 | 4,096 tokens (the run's own evaluation) | yes |" in card.text
+    assert "| 4.4 | 1,024 tokens | no |" in card.text
+    assert "| 0.3 | 100 documents (limit 100) | no |" in card.text and "`--limit`" in card.text
+    assert "| 0.2567 | 10,042 documents | yes |" in card.text
 
     text = card.text
     assert "split `validation`, license `cc-by-sa-3.0`" in text  # training data: WikiText-2 valid (offline split)

@@ -50,7 +50,7 @@ def test_console_script_runs_lm_eval_cli_with_the_tdlm_model(mode, tmp_path, tas
 @pytest.mark.slow
 def test_script_wrapper_reaches_the_same_cli(tmp_path, task_dir):
     """The script forwards to the same CLI (its own folder, which would shadow `lm_eval`, is off sys.path)."""
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "lm_eval.py"), "--model", "no_such_model",
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "run_lm_eval.py"), "--model", "no_such_model",
                              "--tasks", "tdlm_boolq", "--include_path", str(task_dir), "--model_args", "pretrained=x"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode != 0

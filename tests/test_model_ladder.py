@@ -9,6 +9,7 @@ import torch
 from tdlm import TDLMConfig, TDLMForCausalLM, TDLMForMaskedDiffusion
 from tdlm.config import load_config
 from tdlm.training import build_model, build_tokenizer
+from tdlm.training.build import head_that_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 LADDER = {"tdlm-7m": (6.5e6, 7.5e6), "tdlm-30m": (27e6, 33e6), "tdlm-125m": (115e6, 135e6)}
@@ -22,12 +23,16 @@ def test_ladder_config_builds_its_size(name, mode):
     """Built on the meta device (no memory, no init time); tied embeddings are counted once."""
     config = load_config(ROOT / "configs" / "models" / f"{name}.yaml",
                          [f"model.training_mode={mode}", "training.torch_compile=false"])
+    assert config["model"]["head_implementation"] == "triton"
     with torch.device("meta"):
         model = build_model(config, build_tokenizer(config))
     low, high = LADDER[name]
     assert low <= sum(p.numel() for p in model.parameters()) <= high
-    assert model.config.training_mode == mode and model.config.head_implementation == "triton"
-    assert model.config.max_position_embeddings == config["data"]["block_size"]
+    # the head that runs here (chunked without CUDA), recorded in the config that is saved with the run
+    assert model.config.training_mode == mode
+    assert model.config.head_implementation == config["model"]["head_implementation"] == head_that_runs("triton")
+    # AR's context token in front of every block takes one position more
+    assert model.config.max_position_embeddings == config["data"]["block_size"] + (mode == "autoregressive")
 
 
 def test_ladder_rungs_share_everything_but_the_shape():

@@ -42,7 +42,7 @@ def lora_finetune(model, steps=4, seed=0):
 @pytest.fixture(params=["diffusion", "autoregressive"])
 def lora_run(request, tmp_path, monkeypatch):
     """A saved base checkpoint, a LoRA fine-tune of it (in memory) and its saved adapter folder, made from
-    tmp_path as the working directory (adapters name a local base relative to it)."""
+    tmp_path as the working directory (adapters name a local base relative to the adapter folder)."""
     mode = request.param
     monkeypatch.chdir(tmp_path)
     base_dir = save_checkpoint(tmp_path / "base", mode)
@@ -88,7 +88,7 @@ def test_lora_finetuning_changes_only_adapter_weights(lora_run):
     lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
     assert all(p.abs().max() > 0 for p in lora_b)  # lora_B starts at zero: the adapter did train
     config = json.loads((lora_run["adapter_dir"] / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "base"  # relative to the working directory, not absolute
+    assert config["base_model_name_or_path"] == "../base"  # relative to the adapter folder, not absolute
     if lora_run["mode"] == "diffusion":  # AutoPeftModel builds the base with transformers, not tdlm
         assert config["auto_mapping"] == {"base_model_class": "AutoModel",
                                           "parent_library": "transformers.models.auto.modeling_auto"}
@@ -129,9 +129,9 @@ def test_merged_model_equals_base_plus_adapter_and_loads_without_tdlm(lora_run):
         merged = Auto.from_pretrained({str(merged_dir)!r}, trust_remote_code=True)
         base = Auto.from_pretrained({str(lora_run["base_dir"])!r}, trust_remote_code=True)
         adapter = PeftModel.from_pretrained(base, {str(lora_run["adapter_dir"])!r})
-        auto_peft = AutoPeft.from_pretrained("adapter", trust_remote_code=True)  # the adapter folder alone
+        auto_peft = AutoPeft.from_pretrained(".", trust_remote_code=True)  # the adapter folder alone
         print(json.dumps({{"merged": error(merged), "adapter": error(adapter), "auto_peft": error(auto_peft)}}))
-        """, cwd=tmp)
+        """, cwd=lora_run["adapter_dir"])  # PEFT resolves the relative base from where it runs
     errors = json.loads(out.strip().splitlines()[-1])
     assert errors["merged"] < 1e-5, errors  # ... and merging reproduces it
     assert errors["adapter"] < 1e-5 and errors["auto_peft"] < 1e-5, errors
@@ -156,3 +156,31 @@ def test_merge_script_writes_w_plus_scaled_ba(tmp_path, monkeypatch):
 
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         merge_adapter(base_dir, tmp_path / "nothing")
+
+
+def test_adapter_folder_names_no_local_path_and_finds_its_base_from_anywhere(lora_run, tmp_path_factory,
+                                                                               monkeypatch):
+    """Issue 26 (4): what PEFT writes for sharing (README.md, adapter_config.json) holds no absolute path of this
+    machine, and the adapter finds its base from any working directory, or is told where it is."""
+    adapter_dir, tmp = lora_run["adapter_dir"], str(lora_run["tmp"])
+    for file in adapter_dir.iterdir():
+        if file.suffix in (".json", ".md"):
+            assert tmp not in file.read_text(), file.name
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(adapter_dir / "README.md")
+    assert card.data.base_model is None  # a local base is no Hub id: not named at all
+    assert not [tag for tag in card.data.tags or [] if tag.startswith("base_model:")]
+
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    merge_adapter(adapter_dir, elsewhere / "merged")  # the base is found relative to the adapter folder
+    assert (elsewhere / "merged" / "model.safetensors").is_file()
+
+    import shutil
+
+    moved = shutil.copytree(adapter_dir, elsewhere / "adapter")  # copied without its base
+    with pytest.raises(FileNotFoundError, match="--base-model"):
+        merge_adapter(moved, elsewhere / "nothing")
+    merge_adapter(moved, elsewhere / "merged2", base_model=str(lora_run["base_dir"]))
+    assert (elsewhere / "merged2" / "model.safetensors").is_file()

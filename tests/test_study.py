@@ -17,7 +17,7 @@ from tdlm.research import study
 from tdlm.research.reuse import fit_reuse, reuse_loss
 from tdlm.research.sample_quality import sample_quality, score_texts, unigram_entropy
 from tdlm.research.statistics import clustered_standard_error, paired_difference
-from tdlm.research.study_report import claims, critical_compute, regenerate
+from tdlm.research.study_report import claims, critical_compute, crossover, regenerate
 from tdlm.tokenization import train_bpe_tokenizer
 from tdlm.training import build_model, build_tokenizer
 
@@ -133,6 +133,18 @@ def test_a_claim_needs_every_seed():
 
     rows = runs(1, "ar", "ar") + runs(2, "diffusion") + runs(3, "ar", "tie (within 2 SE)") + runs(4, "tie", "tie")
     assert [c["claim"] for c in claims(rows)] == ["ar", None, None, None]
+
+
+def test_crossover_needs_to_stay_below():
+    def arm(objective, points):
+        return {"objective": objective, "budget": 1, "seed": 0, "dropout": 0.0, "points": [
+            {"train_flops": f, "eval_loss": v, "standard_error": 0.01} for f, v in points]}
+
+    ar = arm("ar", [(1, 6.0), (2, 5.0), (4, 4.8), (8, 4.9)])
+    transient = arm("diffusion", [(1, 5.5), (2, 5.4), (4, 5.0)])  # below at first, then above AR for good
+    late = arm("diffusion", [(1, 6.2), (2, 5.4), (4, 4.9), (8, 4.7)])
+    assert crossover([ar, transient], 1)["measured_flops"] is None
+    assert crossover([ar, late], 1)["measured_flops"] == 8
 
 
 def test_branch_epochs_and_grid_errors(tiny):

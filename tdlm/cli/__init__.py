@@ -30,3 +30,13 @@ def entry_point(main):
             return 1
         return result if isinstance(result, int) and not isinstance(result, bool) else 0
     return cli
+
+
+def require_launched_processes() -> None:
+    """Refuse a multi-process launch that started one process: without GPUs, `accelerate launch --num_processes N`
+    (no config file) uses its simple launcher, which starts ONE process and says nothing; it leaves MASTER_ADDR set
+    and no WORLD_SIZE, unlike a launch that starts its processes (torchrun, `--multi_gpu`)."""
+    if "ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        raise ValueError("accelerate launch started 1 process, not the --num_processes asked for (without GPUs it "
+                         "starts several only through torchrun): add --multi_gpu, which also runs CPU processes, "
+                         "or use torchrun --nproc_per_node N")

@@ -11,10 +11,11 @@ import sys
 
 from ..config import load_config
 from ..runs import resume_point
-from . import entry_point
+from . import entry_point, require_launched_processes
 
 
 def main(argv=None):
+    require_launched_processes()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (default with --resume: the experiment's saved config)")
     parser.add_argument("--resume", help="checkpoint folder, or experiment folder (= its latest checkpoint)")

@@ -45,18 +45,49 @@ def prepared_folder(data: dict, tokenizer) -> Path:
 
 def build_datasets(data: dict, tokenizer, vocab_size: int, max_eval_blocks: int | None = None):
     """(train ShardedBlocks, eval ShardedBlocks or None) from the config's `data` section."""
+    from ..config import default_config
+
+    data = {**default_config()["data"], **data}
     folder = prepared_folder(data, tokenizer)
     index = read_index(folder)
     check_vocab(index, vocab_size, folder)
-    train = ShardedBlocks(TokenShards(folder, "train"), data["block_size"])
+    train = _blocks(TokenShards(folder, "train"), data["block_size"], _named_by(data, "train"))
     evaluation = None
     if "eval" in index["splits"]:
-        evaluation = ShardedBlocks(TokenShards(folder, "eval"), data["block_size"], max_eval_blocks)
+        evaluation = _blocks(TokenShards(folder, "eval"), data["block_size"], _named_by(data, "eval"),
+                             max_eval_blocks)
     return train, evaluation
+
+
+def _named_by(data: dict, split: str) -> str:
+    """The config key and value that name a split's text (what a user can fix; not the cache folder)."""
+    def files(value):
+        return ", ".join(map(str, [value] if isinstance(value, str) else value))
+
+    if data["prepared"]:
+        return f"data.prepared={data['prepared']} split {split!r}"
+    if split == "eval" and data["eval_files"]:
+        return f"data.eval_files={files(data['eval_files'])}"
+    if data["hub_dataset"] and (split == "train" or data["eval_split"]):
+        return f"data.hub_dataset={data['hub_dataset']} split {data[f'{split}_split']!r}"
+    origin = (f"data.hub_dataset={data['hub_dataset']} split {data['train_split']!r}" if data["hub_dataset"]
+              else f"data.train_files={files(data['train_files'])}")
+    return origin if split == "train" else f"the data.eval_fraction={data['eval_fraction']} held out of {origin}"
+
+
+def _blocks(tokens: TokenShards, block_size: int, named_by: str, num_blocks: int | None = None) -> ShardedBlocks:
+    if tokens.num_tokens < block_size:
+        raise ValueError(f"{named_by}: {tokens.num_tokens} tokens after tokenising, fewer than one block of "
+                         f"data.block_size={block_size}; give more text or a smaller data.block_size")
+    return ShardedBlocks(tokens, block_size, num_blocks)
 
 
 def load_blocks(source, tokenizer, block_size: int, cache_dir=None, text_field: str = "text") -> torch.LongTensor:
     """All blocks of one source (an eval file) as a LongTensor; prepared into `cache_dir`, or a temporary folder."""
     with tempfile.TemporaryDirectory() as scratch:
         folder = ensure_prepared(source, cache_dir or scratch, tokenizer, text_field=text_field)
-        return ShardedBlocks(TokenShards(folder, "train"), block_size).tensor()  # a copy: outlives the folder
+        tokens = TokenShards(folder, "train")
+        if tokens.num_tokens < block_size:  # named by the source, not the scratch folder
+            raise ValueError(f"{getattr(source, 'name', source)}: {tokens.num_tokens} tokens after tokenising, "
+                             f"fewer than one block of {block_size}")
+        return ShardedBlocks(tokens, block_size).tensor()  # a copy: outlives the folder

@@ -85,7 +85,22 @@ class FileSource:
         import datasets
 
         kwargs = {"keep_linebreaks": True} if self.builder == "text" else {}
-        return datasets.load_dataset(self.builder, data_files=[str(f) for f in self.files], split="train", **kwargs)
+        try:
+            return datasets.load_dataset(self.builder, data_files=[str(f) for f in self.files], split="train",
+                                         **kwargs)
+        except datasets.exceptions.DatasetGenerationError as error:  # e.g. a binary file among text files
+            raise ValueError(self._unreadable(error.__cause__ or error)) from None
+
+    def _unreadable(self, cause) -> str:
+        """What `datasets` failed on, named: for text, the first file that is not UTF-8; else all of them."""
+        if isinstance(cause, UnicodeDecodeError):
+            from ..tokenization import is_utf8_text
+
+            bad = next((f for f in self.files if f.suffix.lower() not in COMPRESSIONS and not is_utf8_text(f)), None)
+            if bad is not None:
+                return f"data file {bad} is not UTF-8 text ({cause.reason}); training data must be text"
+        detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        return f"data files {self.name}: cannot be read as {self.builder} data ({detail})"
 
 
 @dataclass

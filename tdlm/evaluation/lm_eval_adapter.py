@@ -12,7 +12,8 @@ log p); generate_until uses `generate` (AR) or `diffusion_generate` (diffusion) 
 is_greedy (LAMBADA's `acc`) follows LLaDA's one-token-per-step decode for diffusion; `check_greedy=False` (LLaDA's
 `is_check_greedy`) skips that decode for runs of multiple-choice tasks only, whose metrics never read it.
 
-`pretrained` may be a LoRA adapter folder (merged into its base on load). Requests longer than the model's
+`pretrained` may be a LoRA adapter folder (merged into its base on load; `base_model=` names the base instead of
+its adapter_config.json). Requests longer than the model's
 positions have their context left-truncated as in lm-eval's `hf` backend, with a warning that counts them. Under
 `accelerate launch` / torchrun each process scores its share and lm-eval gathers the results on rank 0.
 The command line is lm-eval's own with this model registered: `tdlm-lm-eval` (tdlm/cli/lm_eval.py).
@@ -49,12 +50,13 @@ def process_state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def load_pretrained(pretrained: str, device: str | None = None):
-    """(model, tokenizer) of a checkpoint folder, or of a LoRA adapter folder merged into its base."""
+def load_pretrained(pretrained: str, device: str | None = None, base_model: str | None = None):
+    """(model, tokenizer) of a checkpoint folder, or of a LoRA adapter folder merged into its base (the one its
+    adapter_config.json names, or `base_model`)."""
     if Path(pretrained, "adapter_config.json").is_file():
         from ..peft_utils import load_merged  # peft is an optional extra
 
-        model, tokenizer = load_merged(pretrained)
+        model, tokenizer = load_merged(pretrained, base_model=base_model)
         return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval(), tokenizer
     return load_checkpoint(pretrained, device=device)
 
@@ -63,7 +65,7 @@ def load_pretrained(pretrained: str, device: str | None = None):
 class TDLMLM(TemplateLM):
     def __init__(self, pretrained: str = None, model=None, tokenizer=None, mc_num: int = 128, seed: int = 0,
                  batch_size: int | str = 32, nelbo_samples: int = 32, max_gen_toks: int = 64, device: str = None,
-                 check_greedy: bool = True, **kwargs):
+                 check_greedy: bool = True, base_model: str = None, **kwargs):
         super().__init__()
         # under `accelerate launch` / torchrun each process scores its share of the requests; lm-eval's
         # evaluator gathers them through all_gather / gather_object below
@@ -71,10 +73,14 @@ class TDLMLM(TemplateLM):
         self._rank, self._world_size = state.process_index, state.num_processes
         if state.num_processes > 1:
             device = str(state.device)
+        elif device and str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device}: this machine has no CUDA; pass --device cpu (tdlm-lm-eval picks the "
+                             f"machine's device when --device is left out)")
         if model is None:
             if pretrained is None:
                 raise ValueError("lm-eval model 'tdlm' needs pretrained=<checkpoint folder> (or model=, tokenizer=)")
-            model, tokenizer = load_pretrained(pretrained, device=device if device not in (None, "auto") else None)
+            model, tokenizer = load_pretrained(pretrained, device=device if device not in (None, "auto") else None,
+                                               base_model=base_model)
         self.model, self.tokenizer = model, tokenizer
         self.objective = objective_for(model.config)
         self._device = model.device

@@ -43,9 +43,11 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path, title: str, yl
 
 
 def plot_run_losses(experiment: Experiment) -> Path:
-    """Train and eval loss vs step of one run, written to the experiment's loss_curves_path."""
-    curves = {"train loss": metric_points(experiment, "train", "loss"),
-              "eval loss": metric_points(experiment, "eval", "eval_loss")}
+    """Train and eval loss vs step of one run, written to the experiment's loss_curves_path. An eval curve of
+    one point says so in its legend (a run shorter than training.eval_steps evaluates only at its end)."""
+    evals = metric_points(experiment, "eval", "eval_loss")
+    eval_label = "eval loss" if len(evals) != 1 else "eval loss (1 point: evaluated at the end only)"
+    curves = {"train loss": metric_points(experiment, "train", "loss"), eval_label: evals}
     return plot_curves(curves, experiment.loss_curves_path, f"{experiment.experiment_id}: loss during training")
 
 

@@ -7,7 +7,7 @@
   the paired per-block difference on the report blocks with a standard error clustered by document plus the
   NELBO's Monte-Carlo error. "Better" needs more than 2 SE; an overall claim needs it in every seed run.
 - Crossover: per budget, each objective's lower envelope over sizes and branches of selection loss against training
-  FLOPs; the measured crossover is the first compute where diffusion's envelope is below AR's by more than 2 of its
+  FLOPs; the measured crossover is the compute from which diffusion's envelope stays below AR's by more than 2 of its
   Monte-Carlo SE, set beside Prabhudesai et al.'s C_crit(U) = 2.12e15 * U^2.174 FLOPs (U in millions of unique
   tokens; the constants as the study issue gives them, not checked against the paper offline).
 - Data reuse: R* from the reuse fit of each objective's best-size envelopes, only where every curve has flattened
@@ -111,17 +111,17 @@ def envelope(arms: list[dict]) -> list[tuple[float, float, float]]:
 
 
 def crossover(arms: list[dict], budget: int, objective: str = "diffusion") -> dict:
-    """Measured (first FLOPs where the objective's envelope is below AR's by > 2 SE) and predicted crossover."""
+    """Measured crossover (the compute from which the objective's envelope stays below AR's by > 2 of its SE, to the
+    end of what was trained) beside the predicted C_crit."""
     plain = _plain(arms, budget)
-    ar, diffusion = envelope([a for a in plain if a["objective"] == "ar"]), \
+    ar, challenger = envelope([a for a in plain if a["objective"] == "ar"]), \
         envelope([a for a in plain if a["objective"] == objective])
     measured = None
-    for flops, loss, se in diffusion:
+    for flops, loss, se in challenger:
         reference = [loss_ar for f, loss_ar, _ in ar if f <= flops]
-        if reference and loss < reference[-1] - Z * se:
-            measured = flops
-            break
-    largest = max([f for f, _, _ in ar + diffusion], default=None)
+        below = bool(reference) and loss < reference[-1] - Z * se
+        measured = (measured or flops) if below else None
+    largest = max([f for f, _, _ in ar + challenger], default=None)
     return {"budget": budget, "objective": objective, "predicted_flops": critical_compute(budget),
             "measured_flops": measured, "largest_flops_trained": largest}
 

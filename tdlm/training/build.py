@@ -3,6 +3,7 @@
 import os
 from contextlib import contextmanager
 
+import torch
 from transformers import TrainingArguments
 
 from .. import config as schema
@@ -27,12 +28,15 @@ def _pretrained_key(config: dict) -> str:
 
 @contextmanager
 def _loading(key: str, name: str):
-    """A start that cannot be loaded (not a local folder, and offline or no such Hub repo) names its config key."""
+    """A start that cannot be loaded (not a local folder, and offline or no such Hub repo; a folder without the
+    files it needs) names its config key."""
     try:
         yield
     except OSError as error:
         raise ValueError(f"{key}: cannot load {name!r}: not a local folder, and the Hub gave: "
                          f"{str(error).splitlines()[0]}") from None
+    except ValueError as error:
+        raise ValueError(f"{key}: {str(error).splitlines()[0]}") from None
 
 
 def build_tokenizer(config: dict, checkpoint=None):
@@ -64,7 +68,9 @@ def build_model(config: dict, tokenizer):
     if model.config.training_mode != m["training_mode"]:
         raise ValueError(f"model.training_mode is {m['training_mode']!r} but the pretrained model {pretrained} is "
                          f"{model.config.training_mode!r}")
-    model.config.head_implementation = m["head_implementation"]  # a training choice: also for pretrained models
+    # a training choice, also for pretrained models; recorded as the head that runs here, so that the saved config
+    # (and a model card built from it) does not claim Triton kernels for a run on a CPU
+    m["head_implementation"] = model.config.head_implementation = head_that_runs(m["head_implementation"])
     check_tokenizer_matches(tokenizer, model.config)
     if model.config.uses_mask_token:
         model.generation_config = schema.generation_config(config, model.config)
@@ -73,6 +79,13 @@ def build_model(config: dict, tokenizer):
     if config["training"]["torch_compile"] or config["training"]["torch_compile_mode"]:  # a mode implies compile
         compile_backbone(model, config["training"]["torch_compile_mode"])
     return model
+
+
+def head_that_runs(requested: str) -> str:
+    """The LM head a run uses: the Triton kernels need CUDA and the triton package, else the chunked head runs."""
+    from ..fused_cross_entropy import triton
+
+    return "chunked" if requested == "triton" and (triton is None or not torch.cuda.is_available()) else requested
 
 
 def compile_backbone(model, mode: str | None = None):

@@ -10,12 +10,15 @@ Tier 3 (every `attention_analysis_steps`): token frequency KL (data vs predicted
     the gradient norm of the loss restricted to each corruption level (the gradient heatmaps' input).
 
 Names follow the experiment-folder contract; everything is written to logs/metrics.jsonl (one JSON object
-per line with "step", "epoch", "split"), the console, and W&B when enabled (transformers' WandbCallback).
+per line with "step", "epoch", "split") and every configured tracker (transformers' callbacks); the console shows
+a short line of the main ones (`ConsoleProgressCallback`).
 """
 
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+from transformers.utils import logging as hf_logging
 
 from ..schedules import LEVELS
 
@@ -151,3 +154,33 @@ class MetricsJsonlCallback(TrainerCallback):
         record = {"step": int(state.global_step), "epoch": float(state.epoch or 0.0), "split": split}
         record.update({k: v for k, v in logs.items() if k not in ("epoch", "step")})
         self.experiment.append_metrics(record)
+
+
+# the metrics a console line shows; the research metrics stay in logs/metrics.jsonl and the trackers
+CONSOLE_KEYS = ("loss", "eval_loss", "masked_accuracy", "grad_norm", "learning_rate", "train_loss", "train_runtime")
+
+
+class ConsoleProgressCallback(ProgressCallback):
+    """transformers' progress bar with one short line per log (CONSOLE_KEYS) and no second bar: the nested
+    evaluation bar and the checkpoint-writing bar, drawn under the training bar, left cursor-up escape codes
+    (`[A`) in logs and narrow terminals."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._bars_were_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # "Writing model shards" at each save
+        super().on_train_begin(args, state, control, **kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        super().on_train_end(args, state, control, **kwargs)
+        if self._bars_were_on:
+            hf_logging.enable_progress_bar()
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if self.training_bar is None:  # an evaluation on its own keeps its bar
+            super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = [f"{key} {logs[key]:.4g}" for key in CONSOLE_KEYS if isinstance(logs.get(key), (int, float))]
+            if shown:
+                self.training_bar.write(f"step {state.global_step}: " + ", ".join(shown))

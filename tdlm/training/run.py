@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 from transformers import set_seed
+from transformers.trainer_callback import ProgressCallback
 
 from ..evaluation.multiple_choice import run_downstream
-from ..evaluation.plots import plot_run_losses
+from ..evaluation.plots import metric_points, plot_run_losses
 from ..hub import push_to_hub
 from ..runs import (
     Experiment,
@@ -21,8 +22,9 @@ from ..runs import (
     read_json,
     resume_point,
 )
+from ..text_generation import generate_text
 from .build import build_data, build_model, build_tokenizer, training_arguments
-from .metrics import MetricsJsonlCallback
+from .metrics import ConsoleProgressCallback, MetricsJsonlCallback
 from .trainer import CheckpointScheduleCallback, TDLMTrainer, make_trainer
 
 
@@ -39,6 +41,7 @@ def summarize_run(experiment: Experiment, trainer: TDLMTrainer, train_output, ru
         "training_mode": trainer.model_config.training_mode,
         "best_checkpoint": str(best) if best is not None else None,
         "best_eval_loss": record.get("eval_loss"),
+        "eval_tokens": eval_tokens(trainer),
         "best_epoch": record.get("epoch"),
         "final_checkpoint": str(checkpoints[-1]) if checkpoints else None,
         "train_tokens": state.global_step * tokens_per_step,
@@ -52,6 +55,29 @@ def summarize_run(experiment: Experiment, trainer: TDLMTrainer, train_output, ru
     }
 
 
+def eval_tokens(trainer: TDLMTrainer) -> int | None:
+    """How many tokens the Trainer's eval loss averages over: the blocks its eval dataloaders yield (the last
+    partial batch is dropped) times the tokens scored per block (all L; AR without a context token all but the
+    first)."""
+    if trainer.eval_dataset is None:
+        return None
+    args = trainer.args
+    blocks = len(trainer.get_eval_dataloader()) * args.per_device_eval_batch_size * args.world_size
+    block_size = trainer.eval_dataset.block_size
+    config = trainer.model_config
+    scores_all = config.uses_mask_token or getattr(config, "context_token_id", None) is not None
+    return blocks * (block_size if scores_all else block_size - 1)
+
+
+def loss_label(training_mode: str, loss: float) -> str:
+    """What an eval loss is: a (block) diffusion run's is the NELBO, so exp() bounds the perplexity; an AR run's is
+    the exact NLL, so exp() is the perplexity."""
+    perplexity = math.exp(min(loss, 700))
+    if training_mode != "autoregressive":
+        return f"NELBO per token, perplexity bound {perplexity:.2f}"
+    return f"exact NLL per token, perplexity {perplexity:.2f}"
+
+
 def format_summary(summary: dict) -> str:
     best = summary["best_eval_loss"]
     lines = [f"Experiment {summary['experiment_id']} ({summary['training_mode']}) finished",
@@ -59,18 +85,37 @@ def format_summary(summary: dict) -> str:
              f"time {summary['train_runtime_s']:.1f}s, {summary['tokens_per_second'] or 0:,.0f} tokens/s",
              f"  parameters {summary['num_parameters']:,}, train tokens {summary['train_tokens']:,}"]
     if best is not None:
-        lines.append(f"  best eval loss {best:.4f} (perplexity bound {math.exp(min(best, 700)):.2f}) at epoch "
+        lines.append(f"  best eval loss {best:.4f} ({loss_label(summary['training_mode'], best)}) at epoch "
                      f"{summary['best_epoch'] or 0:.2f}: {summary['best_checkpoint']}")
     lines.append(f"  final checkpoint: {summary['final_checkpoint']}")
     return "\n".join(lines)
 
 
-def _write_loss_curves(experiment: Experiment) -> None:
+def _write_loss_curves(experiment: Experiment, eval_steps: int | None) -> None:
     """The run's loss curves PNG; matplotlib is an optional extra (tdlm[eval]): without it the run says so."""
     if importlib.util.find_spec("matplotlib") is None:
         print("no loss curves PNG: matplotlib is not installed (pip install 'tdlm[eval]')", flush=True)
         return
     print(f"  loss curves: {plot_run_losses(experiment)}", flush=True)
+    evals = len(metric_points(experiment, "eval", "eval_loss"))
+    if evals == 1:
+        print(f"  (one eval point: the run evaluates every training.eval_steps={eval_steps} steps and at its end; "
+              f"set training.eval_steps below the run's steps for an eval curve)", flush=True)
+
+
+# greedy (temperature 0) samples of a small, briefly trained model collapse into one repeated token
+END_SAMPLE_OPTIONS = {"temperature": 1.0, "top_p": 0.9}
+
+
+def _print_sample(trainer: TDLMTrainer, config: dict) -> None:
+    """One unconditional sample of the trained model, so that a run ends with text one can read."""
+    if trainer.args.world_size > 1:  # a sharded (FSDP) model cannot sample on rank 0 alone
+        return
+    model = trainer.model.eval()
+    text = generate_text(model, trainer.processing_class, [""], seed=config["training"]["seed"],
+                         **END_SAMPLE_OPTIONS)[0]
+    settings = ", ".join(f"{key} {value}" for key, value in END_SAMPLE_OPTIONS.items())
+    print(f"  sample ({settings}; more with tdlm-generate --model <checkpoint>):\n{text.strip()}", flush=True)
 
 
 def _is_first_process() -> bool:
@@ -109,7 +154,7 @@ def _build_trainer(config: dict, experiment: Experiment, checkpoint: Path | None
     model = build_model(config, tokenizer)
     train, evaluation, collator = build_data(config, tokenizer, model)
     t = config["training"]
-    return make_trainer(
+    trainer = make_trainer(
         model, training_arguments(config, experiment), tokenizer.pad_token_id, train_dataset=train,
         eval_dataset=evaluation, data_collator=collator, processing_class=tokenizer,
         callbacks=[CheckpointScheduleCallback(t["save_every_n_steps"], t["save_every_n_epochs"], t["eval_steps"],
@@ -117,6 +162,9 @@ def _build_trainer(config: dict, experiment: Experiment, checkpoint: Path | None
                    MetricsJsonlCallback(experiment), *callbacks],
         detailed_metrics_steps=t["detailed_metrics_steps"], attention_analysis_steps=t["attention_analysis_steps"],
         cleanup_checkpoints=t["cleanup_checkpoints"])
+    if trainer.pop_callback(ProgressCallback) is not None:  # not in notebooks, nor with disable_tqdm
+        trainer.add_callback(ConsoleProgressCallback())
+    return trainer
 
 
 def run_training(config: dict, experiment_id: str | None = None, output_dir: str = "experiments",
@@ -154,7 +202,9 @@ def run_training(config: dict, experiment_id: str | None = None, output_dir: str
         summary = summarize_run(experiment, trainer, output, runtime, start_step)
         experiment.write_summary(summary)
         print(format_summary(summary), flush=True)
-        _write_loss_curves(experiment)
+        print(f"  metrics: {experiment.metrics_path}", flush=True)
+        _write_loss_curves(experiment, config["training"]["eval_steps"])
+        _print_sample(trainer, config)
         if config["training"]["push_to_hub"]:  # best checkpoint + model card (tdlm.hub), not Trainer's raw folder
             push_to_hub(experiment.root, repo_id=config["training"]["hub_model_id"])
     return summary
@@ -184,11 +234,12 @@ def run_evaluation(config: dict | None, resume: str, output_dir: str = "experime
     if state_file.is_file():
         saved = read_json(state_file)
         trainer.state.global_step, trainer.state.epoch = saved["global_step"], saved.get("epoch")
-    results = {"checkpoint": str(checkpoint), **trainer.evaluate()}
+    results = {"checkpoint": str(checkpoint), **trainer.evaluate(), "eval_tokens": eval_tokens(trainer)}
     e = config["enhanced_evaluation"]
     if e["include_downstream"]:
         results["downstream"] = run_downstream(model, tokenizer, e["tasks"], limit=e["limit"], mc_num=e["mc_num"])
     if trainer.is_world_process_zero():
         path = experiment.write_result(f"eval_{checkpoint.name}", results)
-        print(f"eval loss {results['eval_loss']:.4f}, perplexity bound {results['eval_perplexity']:.2f} -> {path}")
+        print(f"eval loss {results['eval_loss']:.4f} ({loss_label(model.config.training_mode, results['eval_loss'])})"
+              f" -> {path}")
     return results
