@@ -389,6 +389,17 @@ class _TDLMHeadModel(TDLMPreTrainedModel):
         return supervised_loss(hidden_states, self.lm_head.weight, self.prediction_targets(labels), loss_weights,
                                num_items_in_batch, self.config.mask_token_id, self.config.head_implementation)
 
+    def _masked_output(self, outputs, hidden, labels, loss_weights, num_items_in_batch, return_logits, return_dict):
+        """The masked-prediction heads' output: the weighted loss at supervised positions, logits when asked."""
+        loss = token_losses = predictions = logits = None
+        if labels is not None:
+            loss, token_losses, predictions = self._supervised(hidden, labels, loss_weights, num_items_in_batch)
+        if labels is None or return_logits:
+            logits = self._logits(hidden)
+        output = TDLMOutput(loss=loss, logits=logits, token_losses=token_losses, token_predictions=predictions,
+                            hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return _as_requested(output, return_dict, self.config)
+
 
 class TDLMForMaskedDiffusion(_TDLMHeadModel, DiffusionGenerationMixin):
     """Bidirectional masked-diffusion LM. Given x_t, predicts x_0 at every position; the mask token's
@@ -411,15 +422,8 @@ class TDLMForMaskedDiffusion(_TDLMHeadModel, DiffusionGenerationMixin):
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              inputs_embeds=inputs_embeds, output_attentions=output_attentions,
                              output_hidden_states=output_hidden_states, return_dict=True)
-        hidden = outputs.last_hidden_state
-        loss = token_losses = predictions = logits = None
-        if labels is not None:
-            loss, token_losses, predictions = self._supervised(hidden, labels, loss_weights, num_items_in_batch)
-        if labels is None or return_logits:
-            logits = self._logits(hidden)
-        output = TDLMOutput(loss=loss, logits=logits, token_losses=token_losses, token_predictions=predictions,
-                            hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return _as_requested(output, return_dict, self.config)
+        return self._masked_output(outputs, outputs.last_hidden_state, labels, loss_weights, num_items_in_batch,
+                                   return_logits, return_dict)
 
     def generate(self, *args, **kwargs):
         # without this, PreTrainedModel's attribute lookup fails with a bare AttributeError
@@ -532,14 +536,8 @@ class TDLMForBlockDiffusion(_TDLMHeadModel, BlockDiffusionGenerationMixin):
                              inputs_embeds=inputs_embeds, cache=cache, output_attentions=output_attentions,
                              output_hidden_states=output_hidden_states, return_dict=True)
         hidden = outputs.last_hidden_state[:, :length]  # x_t's half: the loss and logits are read there
-        loss = token_losses = predictions = logits = None
-        if labels is not None:
-            loss, token_losses, predictions = self._supervised(hidden, labels, loss_weights, num_items_in_batch)
-        if labels is None or return_logits:
-            logits = self._logits(hidden)
-        output = TDLMOutput(loss=loss, logits=logits, token_losses=token_losses, token_predictions=predictions,
-                            hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return _as_requested(output, return_dict, self.config)
+        return self._masked_output(outputs, hidden, labels, loss_weights, num_items_in_batch, return_logits,
+                                   return_dict)
 
     def generate(self, *args, **kwargs):
         raise TypeError(f"{type(self).__name__} is a block-diffusion model: sample with "
