@@ -44,6 +44,8 @@ def main(argv=None):
     parser.add_argument("--gen-steps", type=int, default=128, help="diffusion sampling steps for those samples")
     parser.add_argument("--scorer-tokens", type=int, default=500_000,
                         help="training tokens of the gen-PPL scorer (documents no arm saw)")
+    parser.add_argument("--sample-quality-only", action="store_true",
+                        help="train nothing: score the samples of the arms that have finished (and write the report)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the document shuffle that makes budgets")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output-dir", default=None, help="default experiments/study_<timestamp>")
@@ -68,6 +70,7 @@ def main(argv=None):
                       report_samples=args.report_samples, extra_seeds=args.extra_seeds, dropout=args.dropout,
                       data_seed=args.data_seed, extra_at=args.extra_at,
                       gen_samples=args.gen_samples, gen_steps=args.gen_steps, scorer_tokens=args.scorer_tokens,
+                      train=not args.sample_quality_only,
                       argv=sys.argv if argv is None else argv)
     print(format_markdown(study))
     print(f"written: {output}/study.json, study.md and figures ({len(study['arms'])} arms)")

@@ -467,10 +467,11 @@ def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJ
               cooldown: float = 0.15, patience: int = 2, selection_samples: int = 4, report_samples: int = 8,
               extra_seeds: int = 1, dropout: float = 0.1, data_seed: int = 0, extra_at: str | None = None,
               gen_samples: int = 0, gen_steps: int = 128, scorer_tokens: int = 500_000, scorer_size: str = "64x3",
-              argv: list[str] | None = None) -> dict:
+              train: bool = True, argv: list[str] | None = None) -> dict:
     """Every (budget, size, objective) arm, then `extra_seeds` more seeds of each objective's best size at budget
     `extra_at` (default: the first), then a dropout arm of each objective's best size there; study.json after every
-    arm. `gen_samples` > 0 adds the sample-quality stage (`sample_quality_stage`)."""
+    arm. `gen_samples` > 0 adds the sample-quality stage (`sample_quality_stage`); `train=False` runs only that stage,
+    on the arms that have finished."""
     from .study_report import write_report
 
     if max_epochs < 2 or not 0 < cooldown <= 1 or patience < 1:
@@ -497,7 +498,7 @@ def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJ
     results = []
 
     def run(arm: Arm) -> None:
-        if any(r["name"] == arm.name for r in results):
+        if not train or any(r["name"] == arm.name for r in results):
             return
         print(f"[study] {arm.name}", flush=True)
         results.append(run_arm(arm, config, tokenizer, data, settings, output_dir))
@@ -511,7 +512,7 @@ def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJ
     extra = parse_budgets(extra_at, data.train.num_tokens)[0] if extra_at else token_budgets[0]
     if extra not in token_budgets:
         raise ValueError(f"--extra-at {extra_at} is not one of --unique-tokens {budgets}")
-    for objective in objectives:
+    for objective in objectives if train else ():
         best = best_arm(results, objective, extra)
         for seed in range(1, extra_seeds + 1):
             run(Arm(objective, best["size"], extra, seed=seed))
