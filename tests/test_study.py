@@ -221,7 +221,7 @@ def test_patience_stops_an_overfitting_arm(tiny, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_tiny_study_writes_report_after_each_arm(tiny, tmp_path):
+def test_tiny_study_writes_report_after_each_arm(tiny, tmp_path, monkeypatch):
     out = tmp_path / "study"
     result = study.run_study(tiny, "320,640", "32x1", out, ("ar", "diffusion", "bd8"), max_epochs=3, cooldown=0.5,
                              selection_samples=2, report_samples=2, extra_seeds=1, dropout=0.1, gen_samples=2,
@@ -247,6 +247,11 @@ def test_tiny_study_writes_report_after_each_arm(tiny, tmp_path):
     again = regenerate(out)
     assert (out / "study.md").read_text() == markdown and (out / "study.png").is_file()
     assert again["summary"] == json.loads(json.dumps(result["summary"]))
+    # the sample-quality stage alone: nothing is trained again (the scorer is kept too)
+    monkeypatch.setattr(study.ArmTrainer, "train", lambda self: pytest.fail("an arm was trained"))
+    only = study.run_study(tiny, "320,640", "32x1", out, ("ar", "diffusion", "bd8"), gen_samples=2, gen_steps=4,
+                           scorer_tokens=640, scorer_size="32x1", train=False)
+    assert [q["gen_ppl"] for q in only["sample_quality"]["rows"]] == [q["gen_ppl"] for q in quality]
 
 
 @pytest.mark.parametrize("half_life", [5.0, 40.0])
