@@ -127,14 +127,18 @@ def crossover(arms: list[dict], budget: int, objective: str = "diffusion") -> di
 
 
 def reuse(arms: list[dict]) -> dict:
-    """Per objective: R* over its best-size arms, or None when a curve has not flattened."""
+    """Per objective: R* over its best-size arms at two or more budgets, each curve flattened; "identified" only when
+    the fit's 95% interval is finite."""
     out = {}
     for objective in sorted({a["objective"] for a in arms}):
         chosen = [best_of(_plain(arms, b), objective) for b in sorted({a["budget"] for a in arms})]
         chosen = [a for a in chosen if a]
         flattened = all(a["points"][-1].get("worse_than_best") for a in chosen)
-        fit = fit_reuse([(a["unique_tokens"], a["points"]) for a in chosen]) if chosen and flattened else None
-        out[objective] = {"arms": [a["name"] for a in chosen], "flattened": flattened, "fit": fit}
+        fit = fit_reuse([(a["unique_tokens"], a["points"]) for a in chosen]) \
+            if len(chosen) >= 2 and flattened else None
+        identified = fit is not None and 0 < fit["r_star_low"] and math.isfinite(fit["r_star_high"])
+        out[objective] = {"arms": [a["name"] for a in chosen], "flattened": flattened, "fit": fit,
+                          "identified": identified}
     return out
 
 
@@ -192,8 +196,9 @@ def format_markdown(study: dict) -> str:
     lines += ["", "## Data-reuse half-life R*", "", "| objective | arms | R* [95% CI] |", "|---|---|---|"]
     for objective, r in summary["reuse"].items():
         fit = r["fit"]
-        value = "not identified (a curve has not flattened)" if not r["flattened"] else \
-            "fit failed" if fit is None else f"{fit['r_star']:.3g} [{fit['r_star_low']:.3g}, {fit['r_star_high']:.3g}]"
+        value = f"{fit['r_star']:.3g} [{fit['r_star_low']:.3g}, {fit['r_star_high']:.3g}]" if r["identified"] else \
+            "not identified (" + ("a curve has not flattened" if not r["flattened"] else
+                                  "fewer than two budgets" if len(r["arms"]) < 2 else "the fit's interval is open") + ")"
         lines.append(f"| {objective} | {', '.join(r['arms'])} | {value} |")
     quality = study.get("sample_quality")
     if quality:
