@@ -424,8 +424,8 @@ def sample_quality_stage(config: dict, tokenizer, data: StudyData, settings: dic
     for budget in sorted({a["budget"] for a in arms}):
         for objective in dict.fromkeys(a["objective"] for a in arms):
             best = best_arm(arms, objective, budget)
-            if best is None:
-                continue
+            if best is None or not (output_dir / "runs" / best["name"] / "best").is_dir():
+                continue  # weights are not committed with results: a fresh clone has only result.json
             model = load_model(output_dir / "runs" / best["name"] / "best").eval()
             # block diffusion: `steps` per block at most, one token per step within a block of B
             options = {"num_steps": min(steps, model.config.bd_block_size or steps), "remasking": "random"} \
