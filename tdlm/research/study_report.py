@@ -232,8 +232,9 @@ def plot_study(study: dict, path: Path) -> None:
     for column, budget in enumerate(budgets):
         top, bottom = axes[0][column], axes[1][column]
         plain = sorted(_plain(arms, budget), key=lambda a: _size_key(a["size"]))
-        for index, arm in enumerate(plain):
-            style = ("-", "--", ":", "-.")[index // 2 % 4]
+        sizes = list(dict.fromkeys(a["size"] for a in plain))
+        for arm in plain:  # colour: objective; line style: model size
+            style = ("-", "--", ":", "-.")[sizes.index(arm["size"]) % 4]
             top.plot([p["train_flops"] for p in arm["points"]], [p["eval_loss"] for p in arm["points"]], style,
                      marker="o", markersize=2, color=colours.get(arm["objective"]),
                      label=f"{arm['objective']} {arm['size']}")
