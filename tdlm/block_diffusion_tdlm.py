@@ -18,8 +18,8 @@ import torch
 from .generation_tdlm import (
     DiffusionGenerationMixin,
     DiffusionGenerationOutput,
-    _most_confident,
-    _UnmaskPlan,
+    UnmaskPlan,
+    most_confident,
     propose_tokens,
 )
 from .schedules import get_noise_schedule
@@ -133,7 +133,7 @@ class BlockDiffusionGenerationMixin(DiffusionGenerationMixin):
         for lo in range(0, total, size):
             hi = min(lo + size, total)
             todo = generated[:, lo:hi] & ~finished[:, None]
-            plan = _UnmaskPlan(todo, config, schedule) if todo.any() else None
+            plan = UnmaskPlan(todo, config, schedule) if todo.any() else None
             while plan is not None:
                 block = x[:, lo:hi]  # a view: commits write into x
                 remaining = (block == mask_id) & todo
@@ -148,7 +148,7 @@ class BlockDiffusionGenerationMixin(DiffusionGenerationMixin):
                     logits = self._block_logits(x, rows, lo, hi, positions[rows], cache)
                     proposals, confidence = propose_tokens(logits, config, generator)
                     chosen = torch.zeros_like(remaining)
-                    chosen[rows] = _most_confident(positions[rows], confidence, k[rows], config.confidence_threshold)
+                    chosen[rows] = most_confident(positions[rows], confidence, k[rows], config.confidence_threshold)
                     block[chosen] = proposals[chosen[positions]]
                     commit[:, lo:hi] = chosen
                     num_model_calls += 1

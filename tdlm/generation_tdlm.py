@@ -315,7 +315,7 @@ def _block_plan(masked, block_length, num_steps, schedule, step_schedule):
 
 
 
-class _UnmaskPlan:
+class UnmaskPlan:
     """Which masks each row may commit at each step, and how many: a row works on its lowest block that still
     has masks and follows that block's share of the step schedule, counted per row (never per batch)."""
 
@@ -350,7 +350,7 @@ class _UnmaskPlan:
         return candidates, torch.where(unfinished, k, 0)
 
 
-def _most_confident(positions, confidence, k, threshold=None):
+def most_confident(positions, confidence, k, threshold=None):
     """Bool [b, L]: in each row, the k[row] `positions` with the highest `confidence` (given in row-major order of
     `positions`; ties to the leftmost), and also every one above `threshold`."""
     grid = torch.full(positions.shape, float("-inf"), device=positions.device)
@@ -643,7 +643,7 @@ class DiffusionGenerationMixin:
         rule = REMASKING_RULES[config.remasking]
         if rule is _random and not logits_hooks:
             confidence = torch.rand(int(candidates.sum()), generator=generator, device=x.device)
-            commit = _most_confident(candidates, confidence, k, threshold)
+            commit = most_confident(candidates, confidence, k, threshold)
             return commit, sample_proposals(self._active_logits(*inputs, commit, cache=cache), config, generator)[1]
         head = self.lm_head
         if (plain and STREAMED_RULES.get(config.remasking) is rule and head.weight.shape[0] > PROPOSAL_CHUNK_SIZE
@@ -657,14 +657,14 @@ class DiffusionGenerationMixin:
                 logits = hook(step, x, logits, positions)
             logits[:, self.config.mask_token_id] = float("-inf")
             proposals, confidence = propose_tokens(logits, config, generator)
-        commit = _most_confident(candidates, confidence, k, threshold)
+        commit = most_confident(candidates, confidence, k, threshold)
         return commit, proposals[commit[candidates]]
 
     def _sample(self, x, attention_mask, generated, config, generator=None, logits_hooks=(), tokens_hooks=()):
         """The denoising loop over the canvas `x` [B, L] (written in place): per step, the rows with something to
         commit run the model at their current block's masks, the logits hooks adjust the logits, the most confident
         proposals are committed, and the tokens hooks see the result."""
-        plan = _UnmaskPlan(generated, config, get_noise_schedule(self.config.noise_schedule))
+        plan = UnmaskPlan(generated, config, get_noise_schedule(self.config.noise_schedule))
         cache = BlockKVCache(config.cache, *x.shape, x.device) if config.cache else None
         mask_id = self.config.mask_token_id
         commit_step = torch.full_like(x, -1)

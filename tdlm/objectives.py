@@ -2,14 +2,15 @@
 
     config.training_mode --objective_for--> Objective
         collator / training_targets   how the Trainer prepares a batch (AR: context token; diffusion: corruption)
-        held_out_loss                 every objective scores all L tokens of each block (evaluation/likelihood.py)
+        held_out_loss                 every objective scores all L tokens of each block (estimators: likelihood.py)
         conditional_loglikelihood     lm-eval's loglikelihood requests
         rolling_loglikelihood         lm-eval's loglikelihood_rolling (whole documents)
         sample                        the sampler the head calls for
         packaging facts               Auto class, pipeline tag, PEFT task type, model-card text
 
 The modes and their head classes are declared once, in `configuration_tdlm.HEAD_CLASSES` (modeling_tdlm.MODEL_CLASSES
-maps them to the classes); `OBJECTIVES` adds the platform's side of each.
+maps them to the classes); `OBJECTIVES` adds the platform's side of each. `evaluation/scoring.py` is the front door
+that asks the objective for any model.
 """
 
 import torch

@@ -13,7 +13,8 @@ from publish_helpers import NO_TDLM_PRELUDE
 from tdlm import TDLMConfig
 from tdlm.block_diffusion_tdlm import BlockDiffusionGenerationMixin, block_causal_mask, training_mask
 from tdlm.config import ConfigError, load_config
-from tdlm.evaluation.likelihood import block_conditional_loglikelihood, diffusion_nelbo_samples, held_out_loss
+from tdlm.evaluation.likelihood import block_conditional_loglikelihood, diffusion_nelbo_samples
+from tdlm.evaluation.scoring import held_out_loss
 from tdlm.modeling_tdlm import TDLMForBlockDiffusion, TDLMForCausalLM, TDLMForMaskedDiffusion
 from tdlm.objectives import objective_for
 from tdlm.schedules import block_diffusion_targets, get_noise_schedule

@@ -12,8 +12,9 @@ import torch
 from lm_eval.api.model import TemplateLM
 
 from tdlm import TDLMConfig, load_tokenizer, model_class_for
-from tdlm.evaluation.likelihood import conditional_loglikelihood, diffusion_nelbo_samples
+from tdlm.evaluation.likelihood import diffusion_nelbo_samples
 from tdlm.evaluation.lm_eval_adapter import TDLMLM
+from tdlm.evaluation.scoring import conditional_loglikelihood
 from tdlm.evaluation.tasks import DEFAULT_DATA_DIR
 from tdlm.tokenization import config_kwargs_for_tokenizer
 

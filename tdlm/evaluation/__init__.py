@@ -3,8 +3,9 @@
 Imports only torch/transformers at module level; lm-eval, matplotlib and yaml are imported where used.
 """
 
-from .likelihood import ar_nll, conditional_loglikelihood, diffusion_nelbo, diffusion_ordered_nll
+from .likelihood import ar_nll, diffusion_nelbo, diffusion_ordered_nll
 from .multiple_choice import aggregate, run_downstream, score_docs
+from .scoring import conditional_loglikelihood
 from .tasks import TASKS, Task, load_task, register_task
 
 __all__ = ["run_downstream", "ar_nll", "diffusion_nelbo", "diffusion_ordered_nll", "conditional_loglikelihood",

@@ -172,15 +172,6 @@ def _ordered_nll_one(model, block: torch.LongTensor, order: torch.LongTensor) ->
     return out.token_losses.double().sum().cpu()
 
 
-def held_out_loss(model, blocks: torch.LongTensor, num_samples: int = 32, seed: int = 0, batch_size: int = 16,
-                  show_progress: bool = False) -> dict:
-    """The model's held-out loss per token on `blocks`, whatever its objective: `ar_nll`'s or `diffusion_nelbo`'s
-    result plus "loss" (nats/token) and "standard_error" (0 for the exact AR NLL)."""
-    from ..objectives import objective_for  # the objectives are built on this module's estimators
-
-    return objective_for(model.config).held_out_loss(model, blocks, num_samples, seed, batch_size, show_progress)
-
-
 # ---------------------------------------------------------------------------------------------
 # Conditional log-likelihood log p(continuation | context)
 # ---------------------------------------------------------------------------------------------
@@ -201,29 +192,6 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     whole = tokenizer.encode(context + continuation)
     context_ids = tokenizer.encode(context)
     return context_ids, whole[len(context_ids):]
-
-
-def conditional_loglikelihood(model, tokenizer, pairs, mc_num: int = 128, seed: int = 0, batch_size: int = 32,
-                              show_progress: bool = False, check_greedy: bool = True) -> list[tuple[float, bool]]:
-    """(log p(continuation | context), is_greedy) for each (context, continuation) string pair.
-
-    `check_greedy=False` skips the diffusion greedy decode (L model calls per pair; is_greedy is then False): for
-    callers that only rank choices by log-likelihood. The AR check is free and always made."""
-    encoded = [encode_pair(tokenizer, context, continuation) for context, continuation in pairs]
-    encoded = fit_continuations(encoded, model.config.max_position_embeddings)
-    keys = [context_key(seed, context) for context, _ in pairs]
-    return encoded_loglikelihood(model, encoded, keys, mc_num, batch_size, show_progress, check_greedy)
-
-
-def encoded_loglikelihood(model, encoded, keys, mc_num: int = 128, batch_size: int = 32, show_progress: bool = False,
-                          check_greedy: bool = True) -> list[tuple[float, bool]]:
-    """`conditional_loglikelihood` of already encoded (context ids, continuation ids) pairs, whatever the model's
-    objective: exact for AR; LLaDA's Monte-Carlo estimate for diffusion, its masks seeded by `keys` (one per pair;
-    equal keys share masks, so the choices of one question are paired)."""
-    from ..objectives import objective_for
-
-    return objective_for(model.config).conditional_loglikelihood(model, encoded, keys, mc_num, batch_size,
-                                                                 show_progress, check_greedy)
 
 
 def fit_continuations(encoded, max_length: int):

@@ -31,7 +31,8 @@ from lm_eval.api.registry import register_model
 
 from ..objectives import objective_for
 from ..runs import load_checkpoint
-from .likelihood import context_key, encoded_loglikelihood, fit_continuations, prefix_token_id
+from .likelihood import context_key, fit_continuations, prefix_token_id
+from .scoring import encoded_loglikelihood
 
 logger = logging.getLogger(__name__)
 

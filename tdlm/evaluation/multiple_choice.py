@@ -8,7 +8,7 @@ the greedy continuation: for diffusion, LLaDA's one-token-per-step decode, see `
 
 import math
 
-from .likelihood import conditional_loglikelihood
+from .scoring import conditional_loglikelihood
 from .tasks import load_task
 
 

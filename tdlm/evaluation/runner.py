@@ -9,8 +9,9 @@ import torch
 
 from ..data import ShardedBlocks, TokenShards, load_blocks, prepared_folder, read_index
 from ..runs import load_checkpoint
-from .likelihood import diffusion_ordered_nll, held_out_loss
+from .likelihood import diffusion_ordered_nll
 from .multiple_choice import run_downstream
+from .scoring import held_out_loss
 
 
 def environment_info() -> dict:

@@ -11,7 +11,7 @@ import time
 import torch
 
 
-def _timed(fn, device, repeats):
+def timed(fn, device, repeats):
     """Median wall time of `fn()` over `repeats` runs (after one warm-up) and the last result."""
     def sync():
         if torch.device(device).type == "cuda":
@@ -62,7 +62,7 @@ def sampling_speed(model, batch_size: int = 8, length: int = 256, num_steps: int
                 raise RuntimeError(f"AR generate produced {out.shape[1] - 1} tokens instead of {length}")
             return length
         method, num_steps, confidence_threshold = "autoregressive", None, None
-    seconds, calls = _timed(sample, device, repeats)
+    seconds, calls = timed(sample, device, repeats)
     return {"method": method, "num_steps": num_steps, "confidence_threshold": confidence_threshold,
             "batch_size": batch_size, "length": length, "wall_time_s": seconds,
             "tokens_per_second": batch_size * length / seconds, "model_calls": calls,

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from ..config import CHOICES
 from ..data import BlockDataset
-from ..evaluation.sampling_speed import _timed, benchmark_sampling
+from ..evaluation.sampling_speed import benchmark_sampling, timed
 from ..objectives import objective_for
 from ..runs import Experiment
 from ..schedules import get_noise_schedule
@@ -395,7 +395,7 @@ def block_diffusion_sampling(model, batch_size: int, length: int, repeats: int, 
             return model.diffusion_generate(batch_size=batch_size, max_length=length, num_steps=size,
                                             use_cache=use_cache, return_dict_in_generate=True,
                                             generator=generator).num_model_calls
-        seconds, calls = _timed(sample, device, repeats)
+        seconds, calls = timed(sample, device, repeats)
         rows.append({"method": f"block_diffusion B={size}" + (" + KV cache" if use_cache else ", no cache"),
                      "num_steps": size, "confidence_threshold": None, "batch_size": batch_size, "length": length,
                      "wall_time_s": seconds, "tokens_per_second": batch_size * length / seconds, "model_calls": calls,

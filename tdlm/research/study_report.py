@@ -197,8 +197,8 @@ def format_markdown(study: dict) -> str:
     for objective, r in summary["reuse"].items():
         fit = r["fit"]
         value = f"{fit['r_star']:.3g} [{fit['r_star_low']:.3g}, {fit['r_star_high']:.3g}]" if r["identified"] else \
-            "not identified (" + ("a curve has not flattened" if not r["flattened"] else
-                                  "fewer than two budgets" if len(r["arms"]) < 2 else "the fit's interval is open") + ")"
+            "not identified (" + ("a curve has not flattened" if not r["flattened"] else "fewer than two budgets"
+                                  if len(r["arms"]) < 2 else "the fit's interval is open") + ")"
         lines.append(f"| {objective} | {', '.join(r['arms'])} | {value} |")
     quality = study.get("sample_quality")
     if quality:
