@@ -7,20 +7,10 @@ every candidate): an identity hook gives the old outputs bit for bit."""
 import pytest
 import torch
 from scipy import stats
+from training_helpers import MASK, PAD, VOCAB, tiny_model
 
-from tdlm import TDLMConfig, TDLMForMaskedDiffusion, generation_tdlm
+from tdlm import generation_tdlm
 from tdlm.generation_tdlm import BlockKVCache, DiffusionGenerationConfig, propose_tokens, streamed_proposals
-
-VOCAB, MASK, PAD, EOS = 97, 96, 1, 2
-
-
-def tiny_model(seed=0, dtype=torch.float32, **overrides):
-    kwargs = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                  max_position_embeddings=48, mask_token_id=MASK, pad_token_id=PAD, bos_token_id=EOS,
-                  eos_token_id=EOS)
-    kwargs.update(overrides)
-    torch.manual_seed(seed)
-    return TDLMForMaskedDiffusion(TDLMConfig(**kwargs)).to(dtype).eval()
 
 
 def identity_hook(step, tokens, logits, positions):

@@ -10,21 +10,11 @@ import textwrap
 import pytest
 import torch
 from publish_helpers import NO_TDLM_PRELUDE
+from training_helpers import EOS, MASK, PAD, VOCAB, tiny_model
 
 from tdlm import DiffusionGenerationConfig, TDLMConfig, TDLMForMaskedDiffusion
 from tdlm.generation_tdlm import ClassifierFreeGuidance, propose_tokens
 from tdlm.schedules import get_noise_schedule, unmask_counts
-
-VOCAB, MASK, PAD, EOS = 97, 96, 1, 2
-
-
-def tiny_model(seed=0, dtype=torch.float32, **overrides):
-    kwargs = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                  max_position_embeddings=48, mask_token_id=MASK, pad_token_id=PAD, bos_token_id=EOS,
-                  eos_token_id=EOS)
-    kwargs.update(overrides)
-    torch.manual_seed(seed)
-    return TDLMForMaskedDiffusion(TDLMConfig(**kwargs)).to(dtype).eval()
 
 
 def column_logits(table):
