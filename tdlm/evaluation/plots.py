@@ -10,6 +10,26 @@ from ..runs import Experiment
 LOSS_LABEL = "loss (nats/token; NELBO for diffusion)"
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path, dpi: int = 120) -> Path:
+    """Write `figure` to `path` (its folder made if needed) and release it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    pyplot().close(figure)
+    return path
+
+
 def metric_points(experiment: Experiment, split: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of `key` in the experiment's `split` ("train" / "eval") records, by step."""
     return sorted((row["step"], row[key]) for row in experiment.read_metrics()
@@ -18,12 +38,7 @@ def metric_points(experiment: Experiment, split: str, key: str) -> list[tuple[in
 
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path, title: str, ylabel: str = LOSS_LABEL) -> Path:
     """A PNG of value vs step, one line per non-empty curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = pyplot().subplots(figsize=(7, 4))
     for label, points in curves.items():
         if points:
             steps, values = zip(*points)
@@ -34,12 +49,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path, title: str, yl
     axis.grid(alpha=0.3)
     if axis.lines:
         axis.legend()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_run_losses(experiment: Experiment) -> Path:

@@ -222,11 +222,9 @@ def format_frontier(report: dict) -> str:
 def plot_frontier(report: dict, path) -> Path:
     """PNG: gen-PPL (log) against generated tokens/s (log), one marker per method family, the real text's gen-PPL
     as a horizontal line."""
-    import matplotlib
+    from ..evaluation.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     families = {}
     for row in report["rows"]:
         steps_last = row["objective"] != "autoregressive" and row["method"][-1].isdigit()  # "<family> <steps>"
@@ -248,9 +246,4 @@ def plot_frontier(report: dict, path) -> Path:
     axis.set_title(f"speed-quality frontier: {report['batch_size']} x {report['length']} tokens")
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=7, ncol=2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

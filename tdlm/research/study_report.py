@@ -211,19 +211,12 @@ def format_markdown(study: dict) -> str:
 
 
 # ---- figures -----------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib  # an optional extra (tdlm[eval])
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_study(study: dict, path: Path) -> None:
     """Per budget: selection loss of every branch vs training FLOPs (one line per arm, C_crit dashed), and the
     best report loss vs parameters for each objective (error bars: 2 MC SE)."""
-    plt = _pyplot()
+    from ..evaluation.plots import pyplot, save_figure
+
+    plt = pyplot()
     arms = study["arms"]
     budgets = sorted({a["budget"] for a in arms})
     figure, axes = plt.subplots(2, len(budgets), figsize=(5.5 * len(budgets), 8), squeeze=False)
@@ -253,9 +246,7 @@ def plot_study(study: dict, path: Path) -> None:
         bottom.set_xlabel("parameters")
         bottom.set_ylabel("best report loss (nats/token)")
         bottom.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
 
 
 def write_report(output_dir: Path, study: dict) -> dict:
