@@ -4,7 +4,7 @@ estimators never import the objectives built on them."""
 
 import torch
 
-from ..objectives import objective_for
+from .. import objectives  # a module reference: objectives itself imports this package's estimators
 from .likelihood import context_key, encode_pair, fit_continuations
 
 
@@ -12,7 +12,8 @@ def held_out_loss(model, blocks: torch.LongTensor, num_samples: int = 32, seed: 
                   show_progress: bool = False) -> dict:
     """The model's held-out loss per token on `blocks`, whatever its objective: `ar_nll`'s or `diffusion_nelbo`'s
     result plus "loss" (nats/token) and "standard_error" (0 for the exact AR NLL)."""
-    return objective_for(model.config).held_out_loss(model, blocks, num_samples, seed, batch_size, show_progress)
+    objective = objectives.objective_for(model.config)
+    return objective.held_out_loss(model, blocks, num_samples, seed, batch_size, show_progress)
 
 
 def conditional_loglikelihood(model, tokenizer, pairs, mc_num: int = 128, seed: int = 0, batch_size: int = 32,
@@ -32,5 +33,5 @@ def encoded_loglikelihood(model, encoded, keys, mc_num: int = 128, batch_size: i
     """`conditional_loglikelihood` of already encoded (context ids, continuation ids) pairs, whatever the model's
     objective: exact for AR; LLaDA's Monte-Carlo estimate for diffusion, its masks seeded by `keys` (one per pair;
     equal keys share masks, so the choices of one question are paired)."""
-    return objective_for(model.config).conditional_loglikelihood(model, encoded, keys, mc_num, batch_size,
-                                                                 show_progress, check_greedy)
+    objective = objectives.objective_for(model.config)
+    return objective.conditional_loglikelihood(model, encoded, keys, mc_num, batch_size, show_progress, check_greedy)
