@@ -1,9 +1,9 @@
 """Sample quality: generative perplexity under a fixed AR scorer, with the samples' unigram entropy.
 
 Samples (the study's and the sampling frontier's) are scored by the scorer's exact NLL, every token predicted given a
-Samples (the study's and the sampling frontier's) are scored by the scorer's exact NLL, every token predicted given a
-context token (`prefix_token_id`) as in the study's held-out
-each sample's token frequencies) stands beside it (MDLM / Zheng et al. 2024 report both).
+context token (`prefix_token_id`) as in the study's held-out scoring. Gen-PPL alone rewards repetitive, low-entropy
+text, so the mean unigram entropy of the samples (nats, of each sample's token frequencies) stands beside it (MDLM /
+Zheng et al. 2024 report both).
 """
 
 import math
