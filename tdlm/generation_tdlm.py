@@ -25,7 +25,7 @@ from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
 from .configuration_tdlm import InvalidConfigValue
-from .schedules import STEP_SCHEDULES, get_noise_schedule, unmask_counts
+from .schedules import STEP_SCHEDULES, add_to_registry, get_noise_schedule, unmask_counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,13 +62,7 @@ def register_remasking_rule(name: str, confidence=None):
     """Add a remasking rule `confidence(logits, tokens, generator) -> [N]` (see `REMASKING_RULES`). Usable as
     `register_remasking_rule("name", fn)` or as a decorator `@register_remasking_rule("name")`; the name then
     works as `remasking` in `diffusion_generate`, the YAML's sampling section and `tdlm-generate --remasking`."""
-    def add(function):
-        if not callable(function):
-            raise TypeError(f"remasking rule {name!r} must be callable, got {type(function).__name__}")
-        REMASKING_RULES[name] = function
-        return function
-
-    return add(confidence) if confidence is not None else add
+    return add_to_registry(REMASKING_RULES, "remasking rule", name, confidence)
 
 
 CACHE_MODES = ("prefix", "dual")

@@ -256,6 +256,18 @@ def _cosine_steps(progress: torch.Tensor) -> torch.Tensor:
     return torch.cos(0.5 * math.pi * progress)
 
 
+def add_to_registry(registry: dict, kind: str, name: str, function=None):
+    """`registry[name] = function` for a callable; without `function`, a decorator that does it (the shape of every
+    `register_*` of the extension points)."""
+    def add(function):
+        if not callable(function):
+            raise TypeError(f"{kind} {name!r} must be callable, got {type(function).__name__}")
+        registry[name] = function
+        return function
+
+    return add(function) if function is not None else add
+
+
 # name -> function from sampling progress p_k = k / K (float64, 0 .. 1) to the time t_k at step k
 STEP_SCHEDULES = {"cosine": _cosine_steps, "linear": _linear_steps}
 
@@ -264,13 +276,7 @@ def register_step_schedule(name: str, times=None):
     """Add a step schedule: `times(progress) -> t`, float64 tensors of shape [K + 1], from t = 1 at progress 0
     down to t = 0 at progress 1, never increasing. Usable as `register_step_schedule("name", fn)` or as a
     decorator `@register_step_schedule("name")`; the name then works as `step_schedule` everywhere."""
-    def add(function):
-        if not callable(function):
-            raise TypeError(f"step schedule {name!r} must be callable, got {type(function).__name__}")
-        STEP_SCHEDULES[name] = function
-        return function
-
-    return add(times) if times is not None else add
+    return add_to_registry(STEP_SCHEDULES, "step schedule", name, times)
 
 
 def timestep_grid(num_steps: int, step_schedule: str = "cosine", device=None) -> torch.Tensor:
