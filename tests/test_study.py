@@ -10,7 +10,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from tdlm.config import load_config
+from tdlm.config import load_config, save_config
 from tdlm.data import TokenShards, document_blocks, prepare_dataset
 from tdlm.evaluation.likelihood import with_context
 from tdlm.research import study
@@ -167,6 +167,35 @@ def test_branch_epochs_and_grid_errors(tiny):
     assert config["model"]["max_position_embeddings"] == 33 and config["model"]["hidden_dropout"] == 0.1
     assert config["training"]["seed"] == 3
     assert critical_compute(1_000_000) == pytest.approx(2.12e15)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--sizes", "50x2"], "--sizes"), (["--unique-tokens", "25%"], "--unique-tokens"),
+    (["--unique-tokens", "10M"], "--unique-tokens"), (["--objectives", "ar,bert"], "--objectives"),
+    (["--objectives", "bd5"], "--objectives"), (["--max-epochs", "1"], "--max-epochs"),
+    (["--cooldown", "0"], "--cooldown"), (["--patience", "0"], "--patience"),
+    (["--selection-samples", "1"], "--selection-samples"), (["--report-samples", "1"], "--report-samples"),
+    (["--dropout", "1.5"], "--dropout"), (["--extra-at", "640"], "--extra-at"),
+    (["--scorer-tokens", "5"], "--scorer-tokens")])
+def test_bad_study_flags_are_one_line_errors(tiny, tmp_path, capsys, flags, named):
+    from tdlm.cli.data_constrained_study import cli
+
+    config = tmp_path / "config.yaml"
+    save_config(tiny, config)
+    argv = ["--config", str(config), "--unique-tokens", "320", "--sizes", "32x1", "--output-dir", str(tmp_path / "s")]
+    assert cli(argv + flags) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {named}") and "\n" not in error
+    assert not (tmp_path / "s" / "runs").exists()  # refused before any training
+
+
+def test_bad_study_cli_usage(tmp_path, capsys):
+    from tdlm.cli.data_constrained_study import cli
+
+    assert cli(["--unique-tokens", "25k"]) == 2 and "--config is required" in capsys.readouterr().err
+    assert cli(["--config", "x.yaml", "--threads", "0"]) == 2 and "--threads" in capsys.readouterr().err
+    assert cli(["--report", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: --report: no study.json in {tmp_path}"
 
 
 SETTINGS = {"max_epochs": 4, "cooldown": 0.5, "patience": 2, "selection_samples": 2, "report_samples": 2,

@@ -58,6 +58,8 @@ def main(argv=None):
     if not args.config:
         parser.error("--config is required (or --report DIR)")
 
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: {args.threads} is not allowed; it must be >= 1")
     if args.threads:
         import torch
 

@@ -474,9 +474,19 @@ def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJ
     on the arms that have finished."""
     from .study_report import write_report
 
-    if max_epochs < 2 or not 0 < cooldown <= 1 or patience < 1:
-        raise ValueError(f"--max-epochs ({max_epochs}) must be >= 2, --cooldown ({cooldown}) in (0, 1] and "
-                         f"--patience ({patience}) >= 1")
+    two = ">= 2 (a Monte-Carlo SE needs two)"
+    checks = {"--max-epochs": (max_epochs, max_epochs >= 2, ">= 2"),
+              "--cooldown": (cooldown, 0 < cooldown <= 1, "in (0, 1]"),
+              "--patience": (patience, patience >= 1, ">= 1"),
+              "--selection-samples": (selection_samples, selection_samples >= 2, two),
+              "--report-samples": (report_samples, report_samples >= 2, two),
+              "--extra-seeds": (extra_seeds, extra_seeds >= 0, ">= 0"),
+              "--dropout": (dropout, 0 <= dropout < 1, "in [0, 1)"),
+              "--gen-samples": (gen_samples, gen_samples >= 0, ">= 0"),
+              "--gen-steps": (gen_steps, gen_steps >= 1, ">= 1")}
+    for flag, (value, ok, allowed) in checks.items():
+        if not ok:
+            raise ValueError(f"{flag}: {value} is not allowed; it must be {allowed}")
     for objective in objectives:
         objective_mode(objective, config["data"]["block_size"])  # names the bad one before any training
     output_dir = Path(output_dir)
@@ -485,6 +495,12 @@ def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJ
     block_size = config["data"]["block_size"]
     data = StudyData(prepared_folder(config["data"], tokenizer), block_size)
     token_budgets, size_list = parse_budgets(budgets, data.train.num_tokens), parse_sizes(sizes)
+    extra = parse_budgets(extra_at, data.train.num_tokens)[0] if extra_at else token_budgets[0]
+    if extra not in token_budgets:  # checked before any training, not after it
+        raise ValueError(f"--extra-at: {extra_at} is not one of --unique-tokens {budgets}")
+    if gen_samples and not data.block_size <= scorer_tokens <= data.train.num_tokens:
+        raise ValueError(f"--scorer-tokens: {scorer_tokens} must lie between one block ({data.block_size}) and the "
+                         f"training split's {data.train.num_tokens:,} tokens")
     t = config["training"]
     settings = {"max_epochs": max_epochs, "cooldown": cooldown, "patience": patience,
                 "selection_samples": selection_samples, "report_samples": report_samples, "eval_seed": 1234,
@@ -509,9 +525,6 @@ def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJ
         for size in size_list:
             for objective in objectives:
                 run(Arm(objective, size, budget))
-    extra = parse_budgets(extra_at, data.train.num_tokens)[0] if extra_at else token_budgets[0]
-    if extra not in token_budgets:
-        raise ValueError(f"--extra-at {extra_at} is not one of --unique-tokens {budgets}")
     for objective in objectives if train else ():
         best = best_arm(results, objective, extra)
         for seed in range(1, extra_seeds + 1):
