@@ -38,10 +38,13 @@ from tqdm.auto import tqdm
 from ..data import TokenShards, document_blocks
 from ..data.build import prepared_folder
 from ..evaluation.likelihood import diffusion_nelbo_samples, prefix_token_id, with_context
+from ..evaluation.runner import environment_info
 from ..objectives import objective_for
 from ..schedules import get_noise_schedule
 from ..training import build_model, build_tokenizer
+from .benchmark import device_name
 from .statistics import paired_difference
+from .study_report import tokens_label, write_report
 
 OBJECTIVES = ("ar", "diffusion")  # the default arms; block diffusion is "bd<B>" (e.g. bd16: blocks of 16 tokens)
 SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9}
@@ -81,11 +84,6 @@ def size_shape(size: str) -> dict:
     hidden, layers = (int(v) for v in size.split("x"))
     return {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": hidden // 16,
             "intermediate_size": -(-8 * hidden // 3 // 16) * 16}
-
-
-def tokens_label(tokens: int) -> str:
-    """24,960 -> "25k" (a budget rounded to whole blocks keeps its round name)."""
-    return f"{tokens / 1e6:.3g}M" if tokens >= 1e6 else f"{tokens / 1e3:.3g}k"
 
 
 @dataclass(frozen=True)
@@ -448,19 +446,20 @@ def best_arm(results: list[dict], objective: str, budget: int, seed: int = 0) ->
 
 
 def environment(argv: list[str] | None) -> dict:
+    """What study.json records about where it ran: commit, command line, machine and versions."""
     def git(*args):
         try:
             return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return None
 
-    import transformers
-
+    info = environment_info()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "tdlm")),
             "command": " ".join(argv if argv is not None else sys.argv), "machine": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__}
+            "processor": device_name(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": info["python"], "torch": info["packages"]["torch"],
+            "transformers": info["packages"]["transformers"], "packages": info["packages"]}
 
 
 def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJECTIVES, max_epochs: int = 300,
@@ -472,8 +471,6 @@ def run_study(config: dict, budgets: str, sizes: str, output_dir, objectives=OBJ
     `extra_at` (default: the first), then a dropout arm of each objective's best size there; study.json after every
     arm. `gen_samples` > 0 adds the sample-quality stage (`sample_quality_stage`); `train=False` runs only that stage,
     on the arms that have finished."""
-    from .study_report import write_report
-
     two = ">= 2 (a Monte-Carlo SE needs two)"
     checks = {"--max-epochs": (max_epochs, max_epochs >= 2, ">= 2"),
               "--cooldown": (cooldown, 0 < cooldown <= 1, "in (0, 1]"),
