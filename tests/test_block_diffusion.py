@@ -297,6 +297,8 @@ def test_config_checks_name_their_key():
         load_config("configs/quick_test_bd.yaml", ["model.bd_block_size=5"])
     with pytest.raises(ConfigError, match="^model.bd_block_size: only training_mode block_diffusion"):
         load_config("configs/quick_test.yaml", ["model.bd_block_size=4"])
+    with pytest.raises(ConfigError, match="^model.ar_context_token: expected bool, got 'maybe'$"):
+        load_config("configs/quick_test_ar.yaml", ["model.ar_context_token=maybe"])
     with pytest.raises(ConfigError, match=r"^model.max_position_embeddings: 64 is shorter than data.block_size 64 \+"):
         load_config("configs/quick_test_ar.yaml", ["model.max_position_embeddings=64"])
     assert load_config("configs/quick_test_ar.yaml", ["model.max_position_embeddings=64",
